@@ -1,0 +1,36 @@
+"""The six composable, function-preserving expansions, and growth to a target size.
+
+Each expansion is a pure function ``(config, state, size, ...) -> Expansion`` returning the new
+config, the new weights and the resize record; ``grow`` and ``grow_`` plan and compose them.
+"""
+
+from growformer.expand._ops import WIDTH_INITS, Expansion, GrowthError
+from growformer.expand.grow import GrowthOptions, expand_state, grow, grow_, resolve_target
+from growformer.expand.head_dims import expand_qk_head_dim, expand_v_head_dim
+from growformer.expand.heads import expand_heads
+from growformer.expand.hidden import expand_hidden, hidden_growth_inexact_reason
+from growformer.expand.layers import LAYER_INITS, PLACEMENTS, insert_layers, new_layer_positions
+from growformer.expand.mlp import expand_ffn
+from growformer.expand.positions import extend_positions
+
+__all__ = [
+    "LAYER_INITS",
+    "PLACEMENTS",
+    "WIDTH_INITS",
+    "Expansion",
+    "GrowthError",
+    "GrowthOptions",
+    "expand_ffn",
+    "expand_heads",
+    "expand_hidden",
+    "expand_qk_head_dim",
+    "expand_state",
+    "expand_v_head_dim",
+    "extend_positions",
+    "grow",
+    "grow_",
+    "hidden_growth_inexact_reason",
+    "insert_layers",
+    "new_layer_positions",
+    "resolve_target",
+]

@@ -1,0 +1,214 @@
+"""Growth to a target size: plan the expansions, compose them, apply to a model or in place."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
+from growformer.expand._ops import (
+    WIDTH_INITS,
+    Expansion,
+    GrowthError,
+    check_choice,
+    check_not_smaller,
+)
+from growformer.expand.head_dims import expand_qk_head_dim, expand_v_head_dim
+from growformer.expand.heads import expand_heads
+from growformer.expand.hidden import expand_hidden
+from growformer.expand.layers import LAYER_INITS, insert_layers
+from growformer.expand.mlp import expand_ffn
+from growformer.expand.positions import extend_positions
+from growformer.model import Transformer, model_from_state
+from growformer.optimizer import carry_optimizer_state_
+from growformer.resize import ResizeRecord
+
+# Fields that growth itself changes (qk growth with RoPE moves the base; hidden growth scales eps).
+_DERIVED_FIELDS = ("rope_theta", "norm_eps", "init_std")
+
+
+@dataclass(frozen=True)
+class GrowthOptions:
+    """How new capacity is initialized.
+
+    ``layer_init``: ``identity`` or ``copy`` (see ``insert_layers``). ``where``: ``end``,
+    ``middle``, ``interleave`` or explicit new-layer positions. ``width_init``: ``zero`` or
+    ``tile`` for MLP width, heads and value dim (hidden and qk dims always use zero-style fills).
+    ``seed`` seeds the random entries. ``approximate`` allows the non-exact hidden and layer
+    growth of post-norm models.
+    """
+
+    layer_init: str = "identity"
+    where: str | tuple[int, ...] = "end"
+    width_init: str = "zero"
+    seed: int = 0
+    approximate: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("layer_init", self.layer_init, LAYER_INITS)
+        check_choice("width_init", self.width_init, WIDTH_INITS)
+
+
+def resolve_target(config: ModelConfig, target: ModelConfig | Mapping[str, int]) -> ModelConfig:
+    """The config to grow ``config`` into, validated before any weight is touched.
+
+    ``target`` is a mapping of size fields (``SIZE_FIELDS``; the others keep their value) or a
+    full ``ModelConfig`` whose non-size fields must match (except those growth derives:
+    ``rope_theta``, ``norm_eps``, ``init_std``). Raises ``GrowthError`` naming the field.
+    """
+    if isinstance(target, ModelConfig):
+        differing = [
+            f.name
+            for f in fields(ModelConfig)
+            if f.name not in SIZE_FIELDS + _DERIVED_FIELDS
+            and getattr(target, f.name) != getattr(config, f.name)
+        ]
+        if differing:
+            raise GrowthError(
+                f"target differs in non-size field(s) {differing}; growth changes only "
+                f"{', '.join(SIZE_FIELDS)}"
+            )
+        sizes = {name: getattr(target, name) for name in SIZE_FIELDS}
+    else:
+        unknown = sorted(set(target) - set(SIZE_FIELDS))
+        if unknown:
+            raise GrowthError(
+                f"unknown target field(s) {unknown}; allowed: {', '.join(SIZE_FIELDS)}"
+            )
+        sizes = {name: value for name, value in target.items() if value is not None}
+        if "n_kv_heads" not in sizes and "n_heads" in sizes and config.n_kv_heads == config.n_heads:
+            sizes["n_kv_heads"] = sizes["n_heads"]
+    try:
+        resolved = config.replace(**sizes)
+    except ConfigError as err:
+        raise GrowthError(f"invalid target: {err}") from err
+    for name in SIZE_FIELDS:
+        check_not_smaller(name, getattr(config, name), getattr(resolved, name))
+    return resolved
+
+
+def expand_state(
+    config: ModelConfig,
+    state: Mapping[str, Tensor],
+    target: ModelConfig | Mapping[str, int],
+    options: GrowthOptions | None = None,
+) -> Expansion:
+    """Compose the expansions that take ``config`` to ``target``; one record for all of them.
+
+    Order: hidden, heads, qk dim, value dim, MLP width, positions, layers (new layers are
+    created at the final width). Unchanged tensors pass through by reference.
+    """
+    o = options or GrowthOptions()
+    goal = resolve_target(config, target)
+    current = Expansion(config, dict(state), ResizeRecord.identity(state))
+    if goal.hidden != current.config.hidden:
+        current = _then(
+            current,
+            expand_hidden(
+                current.config, current.state, goal.hidden, seed=o.seed, approximate=o.approximate
+            ),
+        )
+    c = current.config
+    if (goal.n_heads, goal.n_kv_heads) != (c.n_heads, c.n_kv_heads):
+        current = _then(
+            current,
+            expand_heads(
+                c, current.state, goal.n_heads, goal.n_kv_heads, init=o.width_init, seed=o.seed
+            ),
+        )
+    if goal.qk_head_dim != current.config.qk_head_dim:
+        current = _then(
+            current,
+            expand_qk_head_dim(current.config, current.state, goal.qk_head_dim, seed=o.seed),
+        )
+    if goal.v_head_dim != current.config.v_head_dim:
+        current = _then(
+            current,
+            expand_v_head_dim(
+                current.config, current.state, goal.v_head_dim, init=o.width_init, seed=o.seed
+            ),
+        )
+    if goal.ffn != current.config.ffn:
+        current = _then(
+            current,
+            expand_ffn(current.config, current.state, goal.ffn, init=o.width_init, seed=o.seed),
+        )
+    if goal.max_seq_len != current.config.max_seq_len:
+        current = _then(
+            current, extend_positions(current.config, current.state, goal.max_seq_len, seed=o.seed)
+        )
+    if goal.n_layers != current.config.n_layers:
+        layers = insert_layers(
+            current.config,
+            current.state,
+            goal.n_layers,
+            where=o.where,
+            init=o.layer_init,
+            seed=o.seed,
+            approximate=o.approximate,
+        )
+        current = _then(current, layers)
+    return current
+
+
+def _then(current: Expansion, later: Expansion) -> Expansion:
+    return Expansion(later.config, later.state, current.record.then(later.record))
+
+
+def grow(
+    model: Transformer,
+    target: ModelConfig | Mapping[str, int],
+    options: GrowthOptions | None = None,
+) -> tuple[Transformer, ResizeRecord]:
+    """A new, larger model computing the same function as ``model``, and the resize record.
+
+    ``model`` is left unchanged and shares no storage with the result.
+    """
+    source = model.state_dict()
+    with torch.no_grad():
+        result = expand_state(model.config, source, target, options)
+    source_storage = {t.untyped_storage().data_ptr() for t in source.values()}
+    state = {
+        name: t.clone() if t.untyped_storage().data_ptr() in source_storage else t
+        for name, t in result.state.items()
+    }
+    grown = model_from_state(result.config, state)
+    grown.train(model.training)
+    return grown, result.record
+
+
+def grow_(
+    model: Transformer,
+    optimizer: torch.optim.Optimizer | None,
+    target: ModelConfig | Mapping[str, int],
+    options: GrowthOptions | None = None,
+    *,
+    state_policy: str = "transform",
+) -> ResizeRecord:
+    """Grow ``model`` in place and rewrite ``optimizer`` to match, between two training steps.
+
+    Unchanged weights keep their Parameter objects; changed ones become new Parameters (their
+    ``requires_grad`` follows the source). The optimizer's param groups point at the new
+    Parameters and its state is carried through the record (``state_policy="transform"``:
+    moments scaled, new entries zero, step kept) or dropped (``"reset"``). Hooks registered on
+    replaced submodules do not carry over.
+    """
+    old_params = dict(model.named_parameters())
+    with torch.no_grad():
+        result = expand_state(model.config, old_params, target, options)
+    skeleton = model_from_state(result.config, result.state)
+    model.config = skeleton.config
+    for name, child in skeleton.named_children():
+        setattr(model, name, child)
+    model.train(model.training)
+    new_params = dict(model.named_parameters())
+    for name, param in new_params.items():
+        param.requires_grad_(old_params[result.record[name].source].requires_grad)
+    if optimizer is not None:
+        carry_optimizer_state_(
+            optimizer, old_params, new_params, result.record, policy=state_policy
+        )
+    return result.record

@@ -1,0 +1,91 @@
+"""Hidden (residual) width h → ĥ, new coordinates appended.
+
+Writers (token and position embeddings, W_O, MLP down and their biases) give the new residual
+coordinates a value every normed reader ignores; readers (Q, K, V, up, gate, W_U) get random new
+input columns, which see only zeros at first.
+
+- RMSNorm: writers' new rows are zero. The mean square over ĥ is h/ĥ of the old one, so every
+  gain is multiplied by √(h/ĥ) **and eps by h/ĥ**, which makes each norm exact. New gains are the
+  mean of the scaled old ones (non-zero, so gradients reach the readers' new columns).
+- LayerNorm: zero-fill would move the mean; instead every writer's new rows are the mean of its
+  old rows, so each new coordinate equals the mean of the old ones. The mean is unchanged, the
+  variance scales by h/ĥ, and the same gain and eps scaling with new biases 0 is exact.
+- Without a final norm W_U reads the raw stream, so its new columns are zero (an untied W_U);
+  tied to LayerNorm's mean-filled embedding this is not exact.
+- Post-norm (BERT) normalizes the residual sum itself: no fill is exact there.
+
+Non-exact cases run only with ``approximate=True``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from growformer.config import ModelConfig
+from growformer.expand._ops import (
+    DimChange,
+    Expansion,
+    GrowthError,
+    Rng,
+    apply_changes,
+    check_not_smaller,
+    prefix_index,
+)
+
+
+def hidden_growth_inexact_reason(config: ModelConfig) -> str | None:
+    """Why hidden growth cannot be exact for ``config``, or None when it is."""
+    if config.norm_placement == "post":
+        return "post-norm models normalize the residual sum, so hidden growth changes them"
+    if not config.final_norm and config.tie_embeddings and config.norm == "layer":
+        return "a tied W_U without a final LayerNorm reads the mean-filled new coordinates"
+    return None
+
+
+def expand_hidden(
+    config: ModelConfig,
+    state: Mapping[str, Tensor],
+    hidden: int,
+    *,
+    seed: int = 0,
+    approximate: bool = False,
+) -> Expansion:
+    """Grow the residual width to ``hidden``; exact unless ``hidden_growth_inexact_reason``."""
+    c = config
+    check_not_smaller("hidden", c.hidden, hidden)
+    reason = hidden_growth_inexact_reason(c)
+    if reason and not approximate and hidden != c.hidden:
+        raise GrowthError(f"hidden growth is not exact here: {reason}; pass approximate=True")
+    index = prefix_index(c.hidden, hidden)
+    writer_fill = "mean" if c.norm == "layer" else "zero"
+    gain_scale = torch.full((hidden,), math.sqrt(c.hidden / hidden), dtype=torch.float64)
+    gain = DimChange(0, index, "mean", value_scale=gain_scale, grad_scale=1.0 / gain_scale)
+    reader = DimChange(1, index, "random")
+    changes: dict[str, DimChange] = {"tok_emb.weight": DimChange(1, index, writer_fill)}
+    if c.position == "learned":
+        changes["pos_emb.weight"] = DimChange(1, index, writer_fill)
+    norms = [f"layers.{i}.{n}" for i in range(c.n_layers) for n in ("attn_norm", "mlp_norm")]
+    norms += ["final_norm"] * c.final_norm + ["emb_norm"] * (c.norm_placement == "post")
+    for norm in norms:
+        changes[f"{norm}.weight"] = gain
+        if c.norm == "layer":
+            changes[f"{norm}.bias"] = DimChange(0, index, "zero")
+    for i in range(c.n_layers):
+        prefix = f"layers.{i}."
+        readers = ["attn.q", "attn.k", "attn.v", "mlp.up"] + ["mlp.gate"] * (c.mlp == "swiglu")
+        for part in readers:
+            changes[f"{prefix}{part}.weight"] = reader
+        writers = [("attn.o", c.attn_out_bias), ("mlp.down", c.mlp_bias)]
+        for part, has_bias in writers:
+            changes[f"{prefix}{part}.weight"] = DimChange(0, index, writer_fill)
+            if has_bias:
+                changes[f"{prefix}{part}.bias"] = DimChange(0, index, writer_fill)
+    if not c.tie_embeddings:
+        changes["lm_head.weight"] = reader if c.final_norm else DimChange(1, index, "zero")
+    new_state, record = apply_changes(state, changes, Rng(seed))
+    eps = c.norm_eps * c.hidden / hidden
+    return Expansion(c.replace(hidden=hidden, norm_eps=eps), new_state, record)

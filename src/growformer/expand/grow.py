@@ -98,8 +98,10 @@ def expand_state(
 ) -> Expansion:
     """Compose the expansions that take ``config`` to ``target``; one record for all of them.
 
-    Order: hidden, heads, qk dim, value dim, MLP width, positions, layers (new layers are
-    created at the final width). Unchanged tensors pass through by reference.
+    Order: hidden, qk dim, value dim, heads, MLP width, positions, layers. Head dims before
+    heads and layers last, so new heads and layers are created at their final size with fully
+    random free weights: every new entry then gets gradient within two optimizer steps.
+    Unchanged tensors pass through by reference.
     """
     o = options or GrowthOptions()
     goal = resolve_target(config, target)
@@ -109,14 +111,6 @@ def expand_state(
             current,
             expand_hidden(
                 current.config, current.state, goal.hidden, seed=o.seed, approximate=o.approximate
-            ),
-        )
-    c = current.config
-    if (goal.n_heads, goal.n_kv_heads) != (c.n_heads, c.n_kv_heads):
-        current = _then(
-            current,
-            expand_heads(
-                c, current.state, goal.n_heads, goal.n_kv_heads, init=o.width_init, seed=o.seed
             ),
         )
     if goal.qk_head_dim != current.config.qk_head_dim:
@@ -129,6 +123,14 @@ def expand_state(
             current,
             expand_v_head_dim(
                 current.config, current.state, goal.v_head_dim, init=o.width_init, seed=o.seed
+            ),
+        )
+    c = current.config
+    if (goal.n_heads, goal.n_kv_heads) != (c.n_heads, c.n_kv_heads):
+        current = _then(
+            current,
+            expand_heads(
+                c, current.state, goal.n_heads, goal.n_kv_heads, init=o.width_init, seed=o.seed
             ),
         )
     if goal.ffn != current.config.ffn:
@@ -193,22 +195,23 @@ def grow_(
     Unchanged weights keep their Parameter objects; changed ones become new Parameters (their
     ``requires_grad`` follows the source). The optimizer's param groups point at the new
     Parameters and its state is carried through the record (``state_policy="transform"``:
-    moments scaled, new entries zero, step kept) or dropped (``"reset"``). Hooks registered on
-    replaced submodules do not carry over.
+    moments scaled, new entries zero, step kept) or dropped (``"reset"``). On any error (a bad
+    target, optimizer state with no known transform) neither the model nor the optimizer
+    changes. Hooks registered on replaced submodules do not carry over.
     """
     old_params = dict(model.named_parameters())
     with torch.no_grad():
         result = expand_state(model.config, old_params, target, options)
     skeleton = model_from_state(result.config, result.state)
-    model.config = skeleton.config
-    for name, child in skeleton.named_children():
-        setattr(model, name, child)
-    model.train(model.training)
-    new_params = dict(model.named_parameters())
+    new_params = dict(skeleton.named_parameters())
     for name, param in new_params.items():
         param.requires_grad_(old_params[result.record[name].source].requires_grad)
     if optimizer is not None:
         carry_optimizer_state_(
             optimizer, old_params, new_params, result.record, policy=state_policy
         )
+    model.config = skeleton.config
+    for name, child in skeleton.named_children():
+        setattr(model, name, child)
+    model.train(model.training)
     return result.record

@@ -25,6 +25,7 @@ from growformer.expand._ops import (
     Rng,
     check_choice,
     check_not_smaller,
+    sample_std,
 )
 from growformer.resize import ParamResize, ResizeRecord
 
@@ -132,7 +133,7 @@ def _new_layer_weight(neighbour: Tensor, suffix: str, init: str, rng: Rng) -> tu
         return neighbour.clone(), True
     if suffix.endswith("bias"):
         return torch.zeros_like(neighbour), False
-    return rng.normal_like(neighbour, list(neighbour.shape)), False
+    return rng.normal_(torch.empty_like(neighbour), sample_std(neighbour)), False
 
 
 def _layer_param_record(source: str, ndim: int, rows: int, carried: bool) -> ParamResize:

@@ -1,0 +1,122 @@
+"""Time and peak memory of growing a ~110M-parameter model, against copying its parameters.
+
+Each row runs in a fresh process (so peak memory is its own): build the source model, then
+time (a) a plain copy of every source parameter and (b) ``grow`` to the row's target, both in
+the same process. Peak memory is the process's peak resident set (Linux ``VmHWM``, reset before
+the measured step) minus the resident set before the source model existed, against
+old + new model size. Targets: grow time ≤ 2x copy time; peak ≤ (old + new) · 1.1.
+
+    python bench/grow_speed.py [--repeats 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import torch
+
+from growformer import GrowthOptions, ModelConfig, Transformer, grow
+
+SOURCE = ModelConfig(
+    vocab_size=32000,
+    max_seq_len=1024,
+    n_layers=12,
+    hidden=768,
+    n_heads=12,
+    ffn=2048,
+    tie_embeddings=True,
+)
+TARGETS = {
+    "ffn 2048→3072": {"ffn": 3072},
+    "heads 12→16": {"n_heads": 16},
+    "hidden 768→1024": {"hidden": 1024},
+    "layers 12→16": {"n_layers": 16},
+    "all of the above": {"ffn": 3072, "n_heads": 16, "hidden": 1024, "n_layers": 16},
+}
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _size_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _row(name: str, threads: int, repeats: int, queue: mp.Queue) -> None:
+    torch.set_num_threads(threads)
+    base_kib = _rss_kib("VmRSS")
+    with torch.device("meta"):
+        source = Transformer(SOURCE)
+    source = source.to_empty(device="cpu")
+    for p in source.parameters():
+        p.data.normal_(0, 0.02)
+    copy_times, grow_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        copies = [p.detach().clone() for p in source.parameters()]
+        copy_times.append(time.perf_counter() - start)
+        del copies
+    peak = 0
+    for _ in range(repeats):
+        _reset_peak()
+        start = time.perf_counter()
+        grown, _ = grow(source, TARGETS[name], GrowthOptions())
+        grow_times.append(time.perf_counter() - start)
+        peak = max(peak, (_rss_kib("VmHWM") - base_kib) * 1024)
+        new_bytes = _size_bytes(grown)
+        new_params = grown.num_parameters()
+        del grown
+    queue.put(
+        {
+            "name": name,
+            "old_params": source.num_parameters(),
+            "new_params": new_params,
+            "copy_s": min(copy_times),
+            "grow_s": min(grow_times),
+            "peak": peak,
+            "old_plus_new": _size_bytes(source) + new_bytes,
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    ctx = mp.get_context("spawn")
+    print(f"source: {SOURCE.n_layers} layers, hidden {SOURCE.hidden}, ffn {SOURCE.ffn}, float32")
+    print(f"best of {args.repeats}, {args.threads} threads, torch {torch.__version__}")
+    header = (
+        f"{'target':<18} {'params':>13} {'copy s':>7} {'grow s':>7} {'grow/copy':>9} "
+        f"{'peak GB':>8} {'old+new GB':>10} {'peak/(old+new)':>14}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in TARGETS:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_row, args=(name, args.threads, args.repeats, queue))
+        proc.start()
+        r = queue.get()
+        proc.join()
+        params = f"{r['old_params'] / 1e6:.0f}M→{r['new_params'] / 1e6:.0f}M"
+        print(
+            f"{name:<18} {params:>13} {r['copy_s']:>7.3f} {r['grow_s']:>7.3f} "
+            f"{r['grow_s'] / r['copy_s']:>9.2f} {r['peak'] / 1e9:>8.2f} "
+            f"{r['old_plus_new'] / 1e9:>10.2f} {r['peak'] / r['old_plus_new']:>14.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from growformer.cli import main
+
+sys.exit(main())

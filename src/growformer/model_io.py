@@ -1,0 +1,124 @@
+"""Model folders: ``config.json`` plus ``model.safetensors``, written atomically.
+
+``config.json`` holds the ``ModelConfig`` fields plus ``"model_type": "growformer"``. A folder
+is written into a temporary sibling and renamed into place, so a reader never sees half a
+model and a failure leaves the destination untouched. Weights load only through safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from growformer.config import ConfigError, ModelConfig
+from growformer.model import Transformer, model_from_state
+
+MODEL_TYPE = "growformer"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A model folder that is missing, unreadable or inconsistent; the message names the file."""
+
+
+def check_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse an existing non-empty destination unless ``overwrite``; call before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"destination {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise CheckpointError(f"destination {path} exists and is not empty (pass --overwrite)")
+    return path
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` by rename."""
+    path = check_destination(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def save_model(model: Transformer, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``model`` as a growformer folder at ``path`` (atomically)."""
+    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    with atomic_directory(path, overwrite) as tmp:
+        config = {"model_type": MODEL_TYPE, **model.config.to_dict()}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    return Path(path)
+
+
+def read_config_json(path: str | os.PathLike) -> dict:
+    """The parsed ``config.json`` of a model folder."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a model folder (no such directory)")
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path} is missing: a model folder needs {CONFIG_FILE}")
+    try:
+        data = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{config_path} must hold a JSON object")
+    return data
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+    """The ``ModelConfig`` of a growformer folder."""
+    data = read_config_json(path)
+    model_type = data.pop("model_type", None)
+    if model_type != MODEL_TYPE:
+        raise CheckpointError(
+            f"{Path(path) / CONFIG_FILE}: model_type {model_type!r} is not {MODEL_TYPE!r}"
+        )
+    try:
+        return ModelConfig.from_dict(data)
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(f"{Path(path) / CONFIG_FILE}: {err}") from err
+
+
+def load_model(
+    path: str | os.PathLike, *, dtype: torch.dtype | None = None, device: str = "cpu"
+) -> Transformer:
+    """Load a growformer folder; every weight must be present with the config's shape."""
+    config = load_config(path)
+    weights = Path(path) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing")
+    state = {}
+    try:
+        with safe_open(str(weights), framework="pt", device=device) as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                tensor = f.get_tensor(name)
+                state[name] = tensor.to(dtype) if dtype is not None else tensor
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {err}") from err
+    try:
+        return model_from_state(config, state)
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{weights} does not match {CONFIG_FILE}: {err}") from err

@@ -1,0 +1,202 @@
+"""The `growformer` command end to end: init, grow --check, verify, info, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from growformer.cli import main
+from growformer.config import ModelConfig
+from growformer.model import Transformer
+from growformer.model_io import load_model, save_model
+
+TINY = ["--layers", "2", "--hidden", "32", "--heads", "4", "--ffn", "64", "--vocab", "50"]
+
+
+def run(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+def last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    path = tmp_path / "src"
+    assert run("init", path, *TINY, "--kv-heads", "2", "--max-seq-len", "32") == 0
+    return path
+
+
+def test_init_writes_folder_with_requested_config(tmp_path: Path, capsys) -> None:
+    dst = tmp_path / "m"
+    args = [*TINY, "--norm", "layer", "--position", "learned", "--mlp", "gelu", "--tie", "--bias"]
+    assert run("init", dst, *args, "--seed", "3") == 0
+    assert sorted(p.name for p in dst.iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((dst / "config.json").read_text())
+    assert config["model_type"] == "growformer"
+    assert (config["norm"], config["position"], config["mlp"]) == ("layer", "learned", "gelu")
+    assert config["tie_embeddings"] and config["attn_bias"] and config["mlp_bias"]
+    again = tmp_path / "again"
+    assert run("init", again, *args, "--seed", "3") == 0
+    a, b = load_model(dst), load_model(again)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_grow_check_then_verify_reports_exactness(src: Path, tmp_path: Path, capsys) -> None:
+    dst = tmp_path / "grown"
+    sizes = ["--layers", "3", "--hidden", "48", "--heads", "8", "--kv-heads", "4", "--ffn", "96"]
+    assert (
+        run("grow", src, dst, *sizes, "--qk-head-dim", "12", "--v-head-dim", "10", "--check") == 0
+    )
+    out = capsys.readouterr().out
+    assert "check: max_abs_diff=" in out
+    grown = load_model(dst).config
+    assert (grown.n_layers, grown.hidden, grown.n_heads, grown.n_kv_heads) == (3, 48, 8, 4)
+    assert (grown.ffn, grown.qk_head_dim, grown.v_head_dim) == (96, 12, 10)
+    assert run("verify", src, dst) == 0
+    line = last_line(capsys)
+    assert line.startswith("max_abs_diff=")
+    assert float(line.split("=")[1]) < 1e-5
+    assert run("verify", src, dst, "--dtype", "float64") == 0
+    assert float(last_line(capsys).split("=")[1]) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--layer-init", "copy", "--where", "middle"],
+        ["--where", "interleave"],
+        ["--width-init", "tile"],
+    ],
+)
+def test_grow_options(src: Path, tmp_path: Path, options: list[str]) -> None:
+    dst = tmp_path / "grown"
+    assert run("grow", src, dst, "--layers", "4", "--ffn", "128", *options, "--check") == 0
+    assert run("verify", src, dst) == 0
+
+
+def test_verify_fails_above_tolerance(src: Path, tmp_path: Path, capsys) -> None:
+    other = tmp_path / "other"
+    assert run("init", other, *TINY, "--kv-heads", "2", "--max-seq-len", "32", "--seed", "1") == 0
+    assert run("verify", src, other) == 1
+    assert float(last_line(capsys).split("=")[1]) > 1e-3
+
+
+def test_grow_check_failure_writes_nothing(tmp_path: Path, capsys) -> None:
+    config = ModelConfig(
+        vocab_size=50, hidden=32, ffn=64, norm="layer", norm_placement="post", final_norm=False
+    )
+    torch.manual_seed(0)
+    post_norm = Transformer(config)
+    with torch.no_grad():
+        for name, p in post_norm.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    save_model(post_norm, tmp_path / "post")
+    dst = tmp_path / "approx"
+    assert run("grow", tmp_path / "post", dst, "--hidden", "48", "--approximate", "--check") == 1
+    assert not dst.exists()
+    assert "nothing written" in capsys.readouterr().err
+
+
+def test_info_prints_config_and_parameter_count(src: Path, capsys) -> None:
+    assert run("info", src) == 0
+    out = capsys.readouterr().out
+    assert "n_kv_heads: 2" in out
+    assert f"parameters: {load_model(src).num_parameters():,}" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--layers", "1"], "n_layers: target 1 is smaller"),
+        (["--heads", "5"], "n_heads=5 must be a multiple of n_kv_heads=2"),
+        (["--heads", "4", "--kv-heads", "4"], "below the current group size"),
+        (["--qk-head-dim", "9"], "qk_head_dim=9 must be even"),
+    ],
+)
+def test_grow_bad_targets_fail_clearly_and_write_nothing(
+    src: Path, tmp_path: Path, capsys, args: list[str], message: str
+) -> None:
+    dst = tmp_path / "dst"
+    assert run("grow", src, dst, *args) == 2
+    assert message in capsys.readouterr().err
+    assert not dst.exists()
+
+
+def test_smaller_target_points_to_shrinking(src: Path, tmp_path: Path, capsys) -> None:
+    assert run("grow", src, tmp_path / "dst", "--ffn", "32") == 2
+    assert "shrink" in capsys.readouterr().err
+
+
+def test_existing_destination_is_refused_without_overwrite(
+    src: Path, tmp_path: Path, capsys
+) -> None:
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    assert run("grow", src, dst, "--ffn", "96") == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (dst / "keep.txt").read_text() == "mine"
+    assert run("grow", src, dst, "--ffn", "96", "--overwrite") == 0
+    assert not (dst / "keep.txt").exists()
+    assert load_model(dst).config.ffn == 96
+
+
+def test_corrupt_and_missing_checkpoints_fail_clearly(src: Path, tmp_path: Path, capsys) -> None:
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "config.json").write_text((src / "config.json").read_text())
+    data = (src / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert run("grow", truncated, tmp_path / "out1", "--ffn", "96") == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
+
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    assert run("info", no_config) == 2
+    assert "config.json is missing" in capsys.readouterr().err
+
+    bad_json = tmp_path / "bad_json"
+    bad_json.mkdir()
+    (bad_json / "config.json").write_text("{not json")
+    assert run("info", bad_json) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({"model_type": "growformer", "depth": 3}))
+    assert run("info", unknown) == 2
+    assert "unknown config field(s) ['depth']" in capsys.readouterr().err
+
+    assert run("info", tmp_path / "nowhere") == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert not (tmp_path / "out1").exists()
+
+
+def test_mismatched_weights_fail_clearly(src: Path, tmp_path: Path, capsys) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    config = json.loads((src / "config.json").read_text())
+    config["ffn"] = 80
+    (wrong / "config.json").write_text(json.dumps(config))
+    (wrong / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
+    assert run("info", wrong) == 2
+    assert "does not match config.json" in capsys.readouterr().err
+
+
+def test_console_script_and_module_entry_points(src: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "growformer", "info", str(src)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "parameters:" in result.stdout

@@ -151,7 +151,8 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(c) for _ in range(c.n_layers))
         self.final_norm = Norm(c.hidden, c.norm, c.norm_eps) if c.final_norm else None
         self.lm_head = None if c.tie_embeddings else nn.Linear(c.hidden, c.vocab_size, bias=False)
-        self.reset_parameters()
+        if not self.tok_emb.weight.is_meta:
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Normal(0, init_std) weights, residual writers scaled by 1/sqrt(2·n_layers), zero

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -52,33 +54,89 @@ class DimChange:
 class Rng:
     """Seeded random fills for the free entries of an expansion, reproducible for a seed.
 
-    On CPU a large fill is split into fixed chunks, each with its own generator, and the chunks
-    run on a thread pool: ``normal_`` is single-threaded and otherwise dominates growth time.
-    The chunking does not depend on the thread count, so results do not either.
+    On CPU a fill is split into chunks of about ``CHUNK`` entries, each with its own seed, run
+    on a thread pool (one ``normal_`` runs on one core). Inside ``batched()`` fills are queued
+    and run together when the block exits, so small tensors fill in parallel too. The chunking
+    depends on neither the thread count nor the batching, so neither do the values.
     """
 
-    CHUNK = 1 << 20
+    CHUNK = 1 << 17
+    MAX_QUEUED = 1 << 23
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
         self._calls = 0
+        self._queue: list[tuple[Tensor, float, int]] | None = None
+        self._after: list[Callable[[], object]] = []
+        self._queued = 0
 
     def normal_(self, out: Tensor, std: float) -> Tensor:
-        """Fill ``out`` (any view) with Normal(0, std) entries, in place."""
+        """Fill ``out`` with Normal(0, std) entries in place (inside ``batched()``: when the block
+        exits). Strided views go through a contiguous buffer, as ``normal_`` is slow on them."""
+        if not out.is_contiguous():
+            buffer = torch.empty_like(out, memory_format=torch.contiguous_format)
+            self.normal_(buffer, std)
+            self.then(lambda: out.copy_(buffer))
+            return out
         self._calls += 1
         base = self.seed * 1_000_003 + self._calls * 8191
-        if out.device.type != "cpu" or out.numel() <= self.CHUNK or out.ndim == 0:
+        if out.device.type != "cpu" or out.ndim == 0:
             gen = torch.Generator(device=out.device).manual_seed(base)
             return out.normal_(0.0, std, generator=gen)
         rows = max(1, self.CHUNK // max(1, out[0].numel()))
-        chunks = list(out.split(rows))
-
-        def fill(k: int) -> None:
-            chunks[k].normal_(0.0, std, generator=torch.Generator().manual_seed(base + k))
-
-        with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-            list(pool.map(fill, range(len(chunks))))
+        jobs = [(chunk, std, base + k) for k, chunk in enumerate(out.split(rows))]
+        if self._queue is None:
+            _run_fills(jobs)
+        else:
+            self._queue.extend(jobs)
+            self._queued += out.numel()
         return out
+
+    def then(self, step: Callable[[], object]) -> None:
+        """Run ``step`` once the fills so far are done (now, outside ``batched()``)."""
+        if self._queue is None:
+            step()
+            return
+        self._after.append(step)
+        if self._queued >= self.MAX_QUEUED:
+            self._flush()
+
+    def _flush(self) -> None:
+        queue, after = self._queue, self._after
+        self._queue, self._after, self._queued = [], [], 0
+        _run_fills(queue)
+        for step in after:
+            step()
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Queue the fills made inside the block and run them in parallel, then the steps given
+        to ``then``: at the end of the block, or sooner once ``MAX_QUEUED`` entries wait (which
+        bounds the memory of the contiguous buffers)."""
+        self._queue, self._after, self._queued = [], [], 0
+        try:
+            yield
+            self._flush()
+        finally:
+            self._queue, self._after, self._queued = None, [], 0
+
+
+def _run_fills(jobs: list[tuple[Tensor, float, int]]) -> None:
+    def fill(job: tuple[Tensor, float, int]) -> None:
+        chunk, std, seed = job
+        chunk.normal_(0.0, std, generator=torch.Generator().manual_seed(seed))
+
+    if len(jobs) == 1:
+        fill(jobs[0])
+    else:
+        list(_fill_pool().map(fill, jobs))
+
+
+@functools.cache
+def _fill_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=max(1, torch.get_num_threads()), thread_name_prefix="fill"
+    )
 
 
 def sample_std(t: Tensor, max_samples: int = 1 << 16) -> float:
@@ -170,7 +228,7 @@ def grow_tensor(old: Tensor, change: DimChange, rng: Rng) -> Tensor:
         else:
             block.copy_(values.mean(dim, keepdim=True).expand_as(block))
         if start is None:
-            out.index_copy_(dim, new_positions.to(out.device), block)
+            rng.then(lambda: out.index_copy_(dim, new_positions.to(out.device), block))
     return out
 
 
@@ -183,16 +241,17 @@ def apply_changes(
         raise KeyError(f"expansion refers to missing weights {unknown}")
     new_state: dict[str, Tensor] = {}
     record: dict[str, ParamResize] = {}
-    for name, tensor in state.items():
-        change = changes.get(name)
-        if change is None:
-            new_state[name] = tensor
-            record[name] = ParamResize.identity(name, tensor.ndim)
-            continue
-        new_state[name] = grow_tensor(tensor, change, rng)
-        record[name] = ParamResize.along(
-            name, tensor.ndim, change.dim, change.index, change.value_scale, change.grad_scale
-        )
+    with rng.batched():
+        for name, tensor in state.items():
+            change = changes.get(name)
+            if change is None:
+                new_state[name] = tensor
+                record[name] = ParamResize.identity(name, tensor.ndim)
+                continue
+            new_state[name] = grow_tensor(tensor, change, rng)
+            record[name] = ParamResize.along(
+                name, tensor.ndim, change.dim, change.index, change.value_scale, change.grad_scale
+            )
     return new_state, ResizeRecord(record)
 
 

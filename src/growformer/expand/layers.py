@@ -91,18 +91,19 @@ def insert_layers(
         if name.startswith("layers."):
             layer_names[int(name.split(".")[1])].append(name.split(".", 2)[2])
     next_old = 0
-    for position in range(n_layers):
-        if position not in new_positions:
-            _carry_layer(state, next_old, position, layer_names[next_old], new_state, record)
-            next_old += 1
-            continue
-        neighbour = max(next_old - 1, 0)
-        for suffix in layer_names[neighbour]:
-            source = f"layers.{neighbour}.{suffix}"
-            tensor, carried = _new_layer_weight(state[source], suffix, init, rng)
-            name = f"layers.{position}.{suffix}"
-            new_state[name] = tensor
-            record[name] = _layer_param_record(source, tensor.ndim, tensor.shape[0], carried)
+    with rng.batched():
+        for position in range(n_layers):
+            if position not in new_positions:
+                _carry_layer(state, next_old, position, layer_names[next_old], new_state, record)
+                next_old += 1
+                continue
+            neighbour = max(next_old - 1, 0)
+            for suffix in layer_names[neighbour]:
+                source = f"layers.{neighbour}.{suffix}"
+                tensor, carried = _new_layer_weight(state[source], suffix, init, rng)
+                name = f"layers.{position}.{suffix}"
+                new_state[name] = tensor
+                record[name] = _layer_param_record(source, tensor.ndim, tensor.shape[0], carried)
     for name, tensor in state.items():
         if not name.startswith("layers."):
             new_state[name] = tensor

@@ -29,7 +29,7 @@ from conftest import (
     snapshot,
     train_step,
 )
-from growformer import GrowthOptions, grow
+from growformer import grow
 
 KINDS = [
     "ffn_zero",
@@ -51,20 +51,6 @@ CASES = [
     if not (kind == "max_seq_len" and config.position == "rope")  # RoPE: nothing new
 ]
 MOVED = 1e-6  # an AdamW step with lr 1e-2 moves an entry that has gradient by ~1e-2
-
-
-def _composed_target(c):
-    """Every field at once, new query heads inside the existing kv groups."""
-    return {
-        "n_heads": c.n_heads + c.n_kv_heads,
-        "n_kv_heads": c.n_kv_heads,
-        "hidden": c.hidden + 8,
-        "qk_head_dim": c.qk_head_dim + 2,
-        "v_head_dim": c.v_head_dim + 3,
-        "ffn": c.ffn + 16,
-        "n_layers": c.n_layers + 1,
-        "max_seq_len": c.max_seq_len + 4,
-    }
 
 
 def _train(grown, steps: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -139,7 +125,7 @@ def test_every_new_entry_moves_in_two_adamw_steps(variant, kind):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_composed_growth_moves_every_new_entry_in_two_steps(variant):
     config = VARIANTS[variant]
-    assert_new_entries_move(config, _composed_target(config), GrowthOptions(where="middle"))
+    assert_new_entries_move(config, *expansion("all_fields_zero", config))
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

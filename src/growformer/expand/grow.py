@@ -199,9 +199,21 @@ def grow_(
     target, optimizer state with no known transform) neither the model nor the optimizer
     changes. Hooks registered on replaced submodules do not carry over.
     """
-    old_params = dict(model.named_parameters())
     with torch.no_grad():
-        result = expand_state(model.config, old_params, target, options)
+        result = expand_state(model.config, dict(model.named_parameters()), target, options)
+    return resize_(model, optimizer, result, state_policy=state_policy)
+
+
+def resize_(
+    model: Transformer,
+    optimizer: torch.optim.Optimizer | None,
+    result: Expansion,
+    *,
+    state_policy: str = "transform",
+) -> ResizeRecord:
+    """Swap ``result`` (any expansion of ``model``'s parameters) into the live model and carry
+    ``optimizer`` through its record; the contract of ``grow_``, for any ``Expansion``."""
+    old_params = dict(model.named_parameters())
     skeleton = model_from_state(result.config, result.state)
     new_params = dict(skeleton.named_parameters())
     for name, param in new_params.items():

@@ -1,0 +1,162 @@
+"""A training run described as data: a TOML file or Python objects, validated before training.
+
+TOML layout (every table optional; a preset supplies what is left out)::
+
+    preset = "small"                 # tiny | small | base
+    data = "corpus/"                 # default: the built-in corpus
+    [model]                          # ModelConfig fields of the target model
+    n_layers = 4
+    [train]                          # TrainConfig fields
+    steps = 1200
+    [schedule]                       # a named schedule and its parameters ...
+    name = "compound"
+    at = 0.4
+    # ... or an explicit one: a start size and growth events
+    # [schedule.start]
+    # n_layers = 2
+    # seq_len = 64
+    # [[schedule.grow]]
+    # at = 0.4                       # a fraction of the steps, or step = N, or tokens = N
+    # n_layers = 4
+    # method = "exact"               # exact | stack | midas | interpolate
+    # layer_init = "copy"            # GrowthOptions fields, state_policy, rewarm_steps, ...
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
+from growformer.expand import GrowthError, GrowthOptions
+from growformer.train.config import PRESETS, TrainConfig, TrainConfigError, preset
+from growformer.train.schedule import GrowthEvent, Schedule, named_schedule
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_EVENT_FIELDS = ("seq_len", "method", "midas_block", "state_policy", "rewarm_steps")
+_OPTION_FIELDS = tuple(f.name for f in fields(GrowthOptions))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a run needs but the data: the target model (its vocabulary size is set from
+    the data's tokenizer), the training config, the schedule, the data path (None: the
+    built-in corpus), and the preset's tokenizer vocabulary size."""
+
+    target: ModelConfig
+    train: TrainConfig
+    schedule: Schedule
+    data: str | None
+    vocab_size: int
+
+
+def run_spec(
+    preset_name: str = "small",
+    *,
+    model: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
+    schedule: Mapping[str, Any] | str = "scratch",
+    data: str | None = None,
+) -> RunSpec:
+    """Build and validate a run from a preset and overrides (the TOML tables, as mappings).
+
+    Raises ``TrainConfigError`` naming the table and field on any invalid value, and runs
+    ``Schedule.plan`` so a schedule that cannot reach the target fails here.
+    """
+    base = preset(preset_name)
+    try:
+        target = base.model.replace(**dict(model or {}))
+    except (ConfigError, TypeError) as error:
+        raise TrainConfigError(f"[model]: {error}") from None
+    try:
+        train_config = base.train.replace(**dict(train or {}))
+    except TypeError as error:
+        raise TrainConfigError(f"[train]: {error}") from None
+    if target.max_seq_len < train_config.seq_len:
+        target = target.replace(max_seq_len=train_config.seq_len)
+    table = {"name": schedule} if isinstance(schedule, str) else dict(schedule)
+    built = _schedule_from_table(table, target, train_config)
+    built.plan(target, train_config)
+    return RunSpec(target, train_config, built, data, base.vocab_size)
+
+
+def load_run_file(path: str | Path) -> RunSpec:
+    """Read and validate a TOML run file (see the module docstring)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise TrainConfigError(f"--config {path}: cannot read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise TrainConfigError(f"--config {path}: not valid TOML: {error}") from None
+    unknown = sorted(set(data) - {"preset", "data", "model", "train", "schedule"})
+    if unknown:
+        raise TrainConfigError(
+            f"--config {path}: unknown key(s) {unknown}; allowed: preset, data, model, train, "
+            "schedule"
+        )
+    name = data.get("preset", "small")
+    if name not in PRESETS:
+        raise TrainConfigError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
+    return run_spec(
+        name,
+        model=data.get("model"),
+        train=data.get("train"),
+        schedule=data.get("schedule", "scratch"),
+        data=data.get("data"),
+    )
+
+
+def _schedule_from_table(
+    table: dict[str, Any], target: ModelConfig, train: TrainConfig
+) -> Schedule:
+    if "start" in table or "grow" in table:
+        extra = sorted(set(table) - {"name", "start", "grow"})
+        if extra:
+            raise TrainConfigError(
+                f"[schedule]: an explicit schedule takes start and grow, not {extra}"
+            )
+        start = dict(table.get("start", {}))
+        start_seq_len = start.pop("seq_len", None)
+        events = tuple(_event(dict(e), train, i) for i, e in enumerate(table.get("grow", [])))
+        return Schedule(table.get("name", "custom"), start, start_seq_len, events)
+    params = dict(table)
+    name = params.pop("name", "scratch")
+    return named_schedule(name, target, train, **params)
+
+
+def _event(table: dict[str, Any], train: TrainConfig, index: int) -> GrowthEvent:
+    where = f"[[schedule.grow]] #{index + 1}"
+    anchors = [k for k in ("at", "step", "tokens") if k in table]
+    if len(anchors) != 1:
+        raise TrainConfigError(f"{where}: give exactly one of at (fraction), step or tokens")
+    anchor = table.pop(anchors[0])
+    if anchors[0] == "at":
+        step = round(anchor * train.steps)
+    elif anchors[0] == "tokens":
+        step = -(-anchor // (train.batch_size * train.seq_len))
+    else:
+        step = anchor
+    sizes = {k: table.pop(k) for k in list(table) if k in SIZE_FIELDS}
+    event_fields = {k: table.pop(k) for k in list(table) if k in _EVENT_FIELDS}
+    options = {k: table.pop(k) for k in list(table) if k in _OPTION_FIELDS}
+    if table:
+        allowed = ("at", "step", "tokens", *SIZE_FIELDS, *_EVENT_FIELDS, *_OPTION_FIELDS)
+        raise TrainConfigError(
+            f"{where}: unknown key(s) {sorted(table)}; allowed: {', '.join(allowed)}"
+        )
+    if "where" in options and isinstance(options["where"], list):
+        options["where"] = tuple(options["where"])
+    try:
+        return GrowthEvent(
+            step=int(step), sizes=sizes, options=GrowthOptions(**options), **event_fields
+        )
+    except (GrowthError, TypeError) as error:
+        raise TrainConfigError(f"{where}: {error}") from None

@@ -1,0 +1,320 @@
+"""Growth schedules as data: the starting size and the growth events of a run.
+
+A ``Schedule`` says what model a run starts from (size fields smaller than the target's, and a
+shorter training sequence if wanted) and at which steps it grows, how (exact expansions, or
+depth by copying whole layers: ``stack``, ``midas``, ``interpolate``) and to what size. Named
+schedules build one from the target config and the step budget: ``scratch``, ``compound``,
+``stack``, ``midas``, ``exact``. ``Schedule.plan`` validates it against the target before
+training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
+from growformer.expand import STACK_METHODS, GrowthError, GrowthOptions, layer_order
+from growformer.train.config import STATE_POLICIES, TrainConfig, TrainConfigError
+
+GROWTH_METHODS = ("exact", *STACK_METHODS)
+SCHEDULES = ("scratch", "compound", "stack", "midas", "exact")
+
+
+@dataclass(frozen=True)
+class GrowthEvent:
+    """Grow before the batch of ``step``.
+
+    ``sizes``: absolute sizes (``SIZE_FIELDS``) after the event; fields left out keep their
+    value. ``method``: how new layers are made, ``exact`` (``insert_layers`` with
+    ``options``) or a copy order (``stack``, ``midas`` with ``midas_block``, ``interpolate``);
+    width always grows exactly. ``seq_len``: the training sequence length from this step on.
+    ``state_policy``: ``transform`` carries the optimizer state, ``reset`` drops it.
+    ``rewarm_steps``: the learning rate ramps linearly from 0 back to the schedule over that many
+    steps after the event.
+    """
+
+    step: int
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    seq_len: int | None = None
+    method: str = "exact"
+    midas_block: int = 1
+    options: GrowthOptions = field(default_factory=GrowthOptions)
+    state_policy: str = "transform"
+    rewarm_steps: int = 0
+
+    def __post_init__(self) -> None:
+        where = f"growth event at step {self.step}"
+        unknown = sorted(set(self.sizes) - set(SIZE_FIELDS))
+        if unknown:
+            raise TrainConfigError(
+                f"{where}: unknown size field(s) {unknown}; allowed: {', '.join(SIZE_FIELDS)}"
+            )
+        if self.method not in GROWTH_METHODS:
+            raise TrainConfigError(
+                f"{where}: method must be one of {', '.join(GROWTH_METHODS)}; got {self.method!r}"
+            )
+        if self.state_policy not in STATE_POLICIES:
+            raise TrainConfigError(
+                f"{where}: state_policy must be one of {', '.join(STATE_POLICIES)}; "
+                f"got {self.state_policy!r}"
+            )
+        for name in ("midas_block", "rewarm_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TrainConfigError(f"{where}: {name} must be an integer ≥ 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A validated stretch of training: from ``start_step``, this model and sequence length;
+    ``event`` is the growth that begins it (None for the first stage)."""
+
+    index: int
+    start_step: int
+    config: ModelConfig
+    seq_len: int
+    event: GrowthEvent | None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's starting size (``start``: size overrides of the target, ``start_seq_len``) and
+    its growth events in step order."""
+
+    name: str = "scratch"
+    start: Mapping[str, int] = field(default_factory=dict)
+    start_seq_len: int | None = None
+    events: tuple[GrowthEvent, ...] = ()
+
+    def plan(self, target: ModelConfig, train: TrainConfig) -> list[Stage]:
+        """The stages of a run that must end at ``target`` trained on ``train.seq_len``.
+
+        Raises ``TrainConfigError`` (naming the event and field) when a size would shrink, the
+        last stage is not the target, a sequence is longer than the model's ``max_seq_len``,
+        steps are not increasing inside ``(0, train.steps)``, or a copy order cannot reach its
+        layer count.
+        """
+        unknown = sorted(set(self.start) - set(SIZE_FIELDS))
+        if unknown:
+            raise TrainConfigError(
+                f"schedule start: unknown size field(s) {unknown}; "
+                f"allowed: {', '.join(SIZE_FIELDS)}"
+            )
+        config = _sized(target, self.start, "schedule start")
+        seq_len = self.start_seq_len or train.seq_len
+        stages = [Stage(0, 0, config, seq_len, None)]
+        previous = 0
+        for event in self.events:
+            where = f"growth event at step {event.step}"
+            if not previous < event.step < train.steps:
+                raise TrainConfigError(
+                    f"{where}: steps must increase strictly within (0, {train.steps}) "
+                    f"(after step {previous})"
+                )
+            grown = _sized(config, event.sizes, where)
+            for name in SIZE_FIELDS:
+                if getattr(grown, name) < getattr(config, name):
+                    raise TrainConfigError(
+                        f"{where}: {name} would shrink from {getattr(config, name)} to "
+                        f"{getattr(grown, name)}; growth events only grow"
+                    )
+            if event.method != "exact" and grown.n_layers != config.n_layers:
+                try:
+                    layer_order(event.method, config.n_layers, grown.n_layers, event.midas_block)
+                except GrowthError as error:
+                    raise TrainConfigError(f"{where}: {error}") from None
+            seq_len = event.seq_len or seq_len
+            config, previous = grown, event.step
+            stages.append(Stage(len(stages), event.step, config, seq_len, event))
+        for stage in stages:
+            if stage.seq_len > stage.config.max_seq_len:
+                raise TrainConfigError(
+                    f"stage {stage.index}: seq_len {stage.seq_len} is longer than the model's "
+                    f"max_seq_len {stage.config.max_seq_len}"
+                )
+        final = stages[-1]
+        mismatched = [
+            f"{n}={getattr(final.config, n)} (target {getattr(target, n)})"
+            for n in SIZE_FIELDS
+            if getattr(final.config, n) != getattr(target, n)
+        ]
+        if mismatched:
+            raise TrainConfigError(
+                f"schedule {self.name!r} ends at a model that is not the target: "
+                + ", ".join(mismatched)
+            )
+        if final.seq_len != train.seq_len:
+            raise TrainConfigError(
+                f"schedule {self.name!r} ends at seq_len {final.seq_len}, not the training "
+                f"seq_len {train.seq_len}"
+            )
+        return stages
+
+
+def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
+    """A JSON-ready description of ``schedule`` (for ``run.json``)."""
+    return {
+        "name": schedule.name,
+        "start": dict(schedule.start),
+        "start_seq_len": schedule.start_seq_len,
+        "events": [
+            {
+                **{k: v for k, v in asdict(e).items() if k != "options"},
+                "sizes": dict(e.sizes),
+                "options": asdict(e.options),
+            }
+            for e in schedule.events
+        ],
+    }
+
+
+def _sized(config: ModelConfig, sizes: Mapping[str, int], where: str) -> ModelConfig:
+    try:
+        return config.replace(**dict(sizes))
+    except (ConfigError, TypeError) as error:
+        raise TrainConfigError(f"{where}: {error}") from None
+
+
+def _at(fraction: float, steps: int, name: str) -> int:
+    if not 0 < fraction < 1:
+        raise TrainConfigError(f"{name} must be a fraction in (0, 1), got {fraction!r}")
+    return max(1, min(steps - 1, round(fraction * steps)))
+
+
+def _scaled(value: int, factor: float, multiple: int = 1) -> int:
+    return max(multiple, round(value * factor / multiple) * multiple)
+
+
+def scratch_schedule(target: ModelConfig, train: TrainConfig) -> Schedule:
+    """The target model from random init: the baseline."""
+    return Schedule("scratch")
+
+
+def compound_schedule(
+    target: ModelConfig,
+    train: TrainConfig,
+    *,
+    at: float = 0.4,
+    depth: float = 0.5,
+    ffn: float = 0.25,
+    seq: float = 0.5,
+    layer_init: str = "copy",
+    where: str = "interleave",
+    width_init: str = "zero",
+) -> Schedule:
+    """CompoundGrow: start at ``depth``·layers, ``ffn``·FFN width and ``seq``·sequence length;
+    at ``at``·steps grow all three to the target together.
+
+    Depth and width grow exactly (new layers copies of their neighbour with W_O and down
+    zeroed; new FFN units random with zero down columns, which breaks the symmetry that exact
+    tiling would keep forever).
+    """
+    start = {
+        "n_layers": _scaled(target.n_layers, depth),
+        "ffn": _scaled(target.ffn, ffn, 8),
+    }
+    event = GrowthEvent(
+        step=_at(at, train.steps, "compound: at"),
+        sizes={"n_layers": target.n_layers, "ffn": target.ffn},
+        seq_len=train.seq_len,
+        options=GrowthOptions(layer_init=layer_init, where=where, width_init=width_init),
+    )
+    return Schedule("compound", start, _scaled(train.seq_len, seq, 8), (event,))
+
+
+def stack_schedule(
+    target: ModelConfig, train: TrainConfig, *, at: float = 0.3, factor: int = 2
+) -> Schedule:
+    """G_stack: train ``n_layers/factor`` layers, then copy the whole stack ``factor`` times."""
+    if target.n_layers % factor:
+        raise TrainConfigError(
+            f"stack: factor {factor} must divide the target's n_layers {target.n_layers}"
+        )
+    event = GrowthEvent(
+        step=_at(at, train.steps, "stack: at"),
+        sizes={"n_layers": target.n_layers},
+        method="stack",
+    )
+    return Schedule("stack", {"n_layers": target.n_layers // factor}, None, (event,))
+
+
+def midas_schedule(
+    target: ModelConfig,
+    train: TrainConfig,
+    *,
+    block: int = 1,
+    start_layers: int | None = None,
+    alpha: float = 1.0,
+    end: float = 0.7,
+) -> Schedule:
+    """MIDAS: from ``start_layers`` (default half the target), duplicate the middle block of
+    ``block`` layers at each growth point until the target depth; stage ``i`` of ``k`` lasts
+    in proportion to ``i**alpha``, the last growth at ``end``·steps."""
+    first = start_layers or max(block, target.n_layers // 2)
+    if (target.n_layers - first) % block or first > target.n_layers:
+        raise TrainConfigError(
+            f"midas: from {first} layers the target's {target.n_layers} is not reachable in "
+            f"blocks of {block}"
+        )
+    n_growths = (target.n_layers - first) // block
+    weights = [(i + 1) ** alpha for i in range(n_growths)]
+    events, elapsed = [], 0.0
+    for i in range(n_growths):
+        elapsed += weights[i] / sum(weights) * end
+        events.append(
+            GrowthEvent(
+                step=_at(elapsed, train.steps, "midas: growth point"),
+                sizes={"n_layers": first + (i + 1) * block},
+                method="midas",
+                midas_block=block,
+            )
+        )
+    return Schedule("midas", {"n_layers": first}, None, tuple(events))
+
+
+def exact_schedule(
+    target: ModelConfig,
+    train: TrainConfig,
+    *,
+    at: float = 0.3,
+    depth: float = 0.5,
+    width: float = 0.5,
+) -> Schedule:
+    """All six exact expansions at once: start at ``depth``·layers and ``width``·(hidden, FFN,
+    heads) and grow to the target at ``at``·steps."""
+    heads = _scaled(target.n_kv_heads, width) * target.group_size
+    start = {
+        "n_layers": _scaled(target.n_layers, depth),
+        "hidden": _scaled(target.hidden, width, 8),
+        "ffn": _scaled(target.ffn, width, 8),
+        "n_heads": heads,
+        "n_kv_heads": heads // target.group_size,
+    }
+    event = GrowthEvent(
+        step=_at(at, train.steps, "exact: at"),
+        sizes={name: getattr(target, name) for name in start},
+        options=GrowthOptions(layer_init="copy", where="interleave"),
+    )
+    return Schedule("exact", start, None, (event,))
+
+
+BUILDERS = {
+    "scratch": scratch_schedule,
+    "compound": compound_schedule,
+    "stack": stack_schedule,
+    "midas": midas_schedule,
+    "exact": exact_schedule,
+}
+
+
+def named_schedule(name: str, target: ModelConfig, train: TrainConfig, **params: Any) -> Schedule:
+    """The schedule ``name`` (one of ``SCHEDULES``) for ``target``; ``params`` are its
+    builder's keyword arguments, checked by name."""
+    if name not in BUILDERS:
+        raise TrainConfigError(f"schedule must be one of {', '.join(SCHEDULES)}; got {name!r}")
+    try:
+        return BUILDERS[name](target, train, **params)
+    except TypeError as error:
+        raise TrainConfigError(f"schedule {name!r}: {error}") from None

@@ -1,0 +1,356 @@
+"""The training loop: AdamW, warmup + cosine, growth events, evaluation, checkpoints, DDP.
+
+One process, or several under ``torchrun`` (DistributedDataParallel, any backend). Every rank
+draws the same global batch of a step and trains on its own slice of the rows, so a step's
+data depends on the step alone: a resumed run, or one on another number of processes, sees the
+same batches. A growth event unwraps DDP, grows the model and carries the optimizer state
+(``growformer.expand.resize_``), then wraps it again; the growth is seeded, so ranks stay
+bit-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from growformer.config import ModelConfig
+from growformer.model import Transformer
+from growformer.train.checkpoint import (
+    RunPosition,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from growformer.train.config import TrainConfig, TrainConfigError
+from growformer.train.flops import train_flops_per_token
+from growformer.train.growth import apply_event_
+from growformer.train.lr import lr_at
+from growformer.train.metrics import MetricsLog
+from growformer.train.schedule import Schedule, Stage, schedule_to_dict
+
+
+class TokenBatches(Protocol):
+    """What the trainer needs from data: the batch of a step, as a function of the step."""
+
+    def batch_at(self, step: int, batch_size: int, seq_len: int) -> tuple[Tensor, Tensor]:
+        """Inputs and next-token targets, each ``(batch_size, seq_len)`` int64."""
+        ...
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports: its last validation loss and totals."""
+
+    run_dir: Path
+    final_val_loss: float
+    steps: int
+    tokens: int
+    flops: float
+    train_time: float
+    config: ModelConfig
+
+
+class Trainer:
+    """Train ``target`` under ``schedule`` on ``train_data``, evaluating on ``val_data``.
+
+    ``run_dir`` receives ``run.json`` (target, training config and schedule stages),
+    ``metrics.csv``, ``events.jsonl`` and ``checkpoints/``. ``resume=True`` continues from the
+    latest checkpoint in ``run_dir``: on CPU the losses are then the same, bit for bit, as an
+    uninterrupted run's. The schedule is validated (``Schedule.plan``) in the constructor,
+    before anything is written.
+    """
+
+    def __init__(
+        self,
+        target: ModelConfig,
+        train: TrainConfig,
+        schedule: Schedule,
+        train_data: TokenBatches,
+        val_data: TokenBatches,
+        run_dir: str | os.PathLike,
+        *,
+        resume: bool = False,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.target, self.train, self.schedule = target, train, schedule
+        self.stages: list[Stage] = schedule.plan(target, train)
+        if train.compile and not torch.cuda.is_available():
+            raise TrainConfigError(
+                "compile=true needs CUDA (torch.compile on CPU is not supported here)"
+            )
+        self.train_data, self.val_data = train_data, val_data
+        self.run_dir = Path(run_dir)
+        self.rank, self.world = _distributed_rank_world()
+        if train.batch_size % (self.world * train.grad_accum):
+            raise TrainConfigError(
+                f"batch_size={train.batch_size} must be a multiple of processes * grad_accum "
+                f"= {self.world} * {train.grad_accum}"
+            )
+        self.device = torch.device(device or _default_device(self.rank))
+        self.progress = progress and self.rank == 0
+        self.resume = resume
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        checkpoint = latest_checkpoint(self.run_dir) if self.resume else None
+        if self.resume and checkpoint is None:
+            raise TrainConfigError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
+        if checkpoint is None:
+            torch.manual_seed(self.train.seed)
+            self.model = Transformer(self.stages[0].config)
+            self.position = RunPosition()
+        else:
+            self.model, optimizer_state, self.position = load_checkpoint(checkpoint)
+        self.model.to(self.device)
+        self.optimizer = _adamw(self.model, self.train)
+        if checkpoint is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_run_json(self)
+            self.log = MetricsLog(self.run_dir, self.position.step if checkpoint else None)
+        self._wrap()
+
+    def _wrap(self) -> None:
+        module: nn.Module = self.model
+        if self.world > 1:
+            module = nn.parallel.DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if self.train.compile:
+            module = torch.compile(module)
+        self.wrapped = module
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        """Train to ``train.steps``; returns the final validation loss and totals."""
+        self._start()
+        train = self.train
+        bar = tqdm(
+            total=train.steps,
+            initial=self.position.step,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        val_loss = math.nan
+        try:
+            while self.position.step < train.steps:
+                step = self.position.step
+                stage = self._stage_at(step)
+                if stage.index > self.position.stage:
+                    self._grow(stage, step)
+                started = time.perf_counter()
+                loss = self._train_step(step, stage.seq_len)
+                elapsed = time.perf_counter() - started
+                tokens = train.batch_size * stage.seq_len
+                self.position.tokens += tokens
+                self.position.flops += tokens * train_flops_per_token(
+                    self.model.config, stage.seq_len
+                )
+                self.position.train_time += elapsed
+                self.position.step += 1
+                done = self.position.step
+                is_eval = done % train.eval_every == 0 or done == train.steps
+                if is_eval:
+                    val_loss = self.evaluate()
+                if self.rank == 0 and (is_eval or done % max(1, train.log_every) == 0):
+                    self._log_row(loss, val_loss if is_eval else None, stage)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{loss:.3f}", stage=stage.index, tok_s=f"{tokens / elapsed:,.0f}"
+                )
+                if (
+                    train.checkpoint_every and done % train.checkpoint_every == 0
+                ) or done == train.steps:
+                    self.save()
+        finally:
+            bar.close()
+            if self.rank == 0 and hasattr(self, "log"):
+                self.log.close()
+        return RunResult(
+            self.run_dir,
+            val_loss,
+            self.position.step,
+            self.position.tokens,
+            self.position.flops,
+            self.position.train_time,
+            self.model.config,
+        )
+
+    def _stage_at(self, step: int) -> Stage:
+        return [s for s in self.stages if s.start_step <= step][-1]
+
+    def _train_step(self, step: int, seq_len: int) -> float:
+        train = self.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, train, self.position.rewarm_from, self.position.rewarm_steps)
+        inputs, targets = self._rank_rows(step, seq_len)
+        micro = inputs.shape[0] // train.grad_accum
+        total = torch.zeros((), device=self.device)
+        self.wrapped.train()
+        for i in range(train.grad_accum):
+            last = i == train.grad_accum - 1
+            sync = contextlib.nullcontext() if last or self.world == 1 else self.wrapped.no_sync()
+            with sync:
+                rows = slice(i * micro, (i + 1) * micro)
+                loss = self._loss(self.wrapped, inputs[rows], targets[rows])
+                (loss / train.grad_accum).backward()
+            total += loss.detach() / train.grad_accum
+        if train.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.world > 1:
+            dist.all_reduce(total)
+            total /= self.world
+        return float(total)
+
+    def _rank_rows(self, step: int, seq_len: int) -> tuple[Tensor, Tensor]:
+        inputs, targets = self.train_data.batch_at(step, self.train.batch_size, seq_len)
+        rows = self.train.batch_size // self.world
+        mine = slice(self.rank * rows, (self.rank + 1) * rows)
+        return inputs[mine].to(self.device), targets[mine].to(self.device)
+
+    def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        with self._autocast():
+            logits = model(inputs)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.train.dtype == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def batch_loss(self, step: int, seq_len: int) -> float:
+        """The loss of the current model on the whole batch of ``step`` (no update)."""
+        inputs, targets = self.train_data.batch_at(step, self.train.batch_size, seq_len)
+        self.model.eval()
+        loss = self._loss(self.model, inputs.to(self.device), targets.to(self.device))
+        return float(loss)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation batches, at the final sequence length."""
+        self.model.eval()
+        losses = []
+        for i in range(self.train.eval_batches):
+            inputs, targets = self.val_data.batch_at(
+                i, self.train.micro_batch_size, self.train.seq_len
+            )
+            losses.append(
+                float(self._loss(self.model, inputs.to(self.device), targets.to(self.device)))
+            )
+        return sum(losses) / len(losses)
+
+    def _grow(self, stage: Stage, step: int) -> None:
+        event = stage.event
+        assert event is not None
+        before_config = self.model.config
+        loss_before = self.batch_loss(step, stage.seq_len)
+        apply_event_(self.model, self.optimizer, event)
+        self.model.to(self.device)
+        self._wrap()
+        loss_after = self.batch_loss(step, stage.seq_len)
+        self.position.stage = stage.index
+        if event.rewarm_steps:
+            self.position.rewarm_from, self.position.rewarm_steps = step, event.rewarm_steps
+        if self.rank == 0:
+            self.log.event(
+                {
+                    "step": step,
+                    "tokens": self.position.tokens,
+                    "stage": stage.index,
+                    "method": event.method,
+                    "state_policy": event.state_policy,
+                    "config_before": before_config.to_dict(),
+                    "config_after": self.model.config.to_dict(),
+                    "seq_len": stage.seq_len,
+                    "loss_before": loss_before,
+                    "loss_after": loss_after,
+                }
+            )
+
+    def _log_row(self, loss: float, val_loss: float | None, stage: Stage) -> None:
+        p = self.position
+        self.log.row(
+            step=p.step,
+            tokens=p.tokens,
+            flops=f"{p.flops:.6g}",
+            time=f"{p.train_time:.4f}",
+            loss=f"{loss:.6f}",
+            val_loss="" if val_loss is None else f"{val_loss:.6f}",
+            lr=f"{self.optimizer.param_groups[0]['lr']:.6g}",
+            params=self.model.num_parameters(),
+            stage=stage.index,
+            seq_len=stage.seq_len,
+        )
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current position (rank 0)."""
+        if self.rank != 0:
+            return None
+        return save_checkpoint(self.run_dir, self.model, self.optimizer, self.position)
+
+
+def _adamw(model: nn.Module, train: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (embeddings included) and none on gains and biases."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2))
+
+
+def _distributed_rank_world() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _default_device(rank: int) -> str:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return "cpu"
+
+
+def _write_run_json(trainer: Trainer) -> None:
+    data = {
+        "target": trainer.target.to_dict(),
+        "train": trainer.train.to_dict(),
+        "schedule": schedule_to_dict(trainer.schedule),
+        "stages": [
+            {
+                "index": s.index,
+                "start_step": s.start_step,
+                "seq_len": s.seq_len,
+                "config": s.config.to_dict(),
+            }
+            for s in trainer.stages
+        ],
+    }
+    tmp = trainer.run_dir / ".run.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, trainer.run_dir / "run.json")

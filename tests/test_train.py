@@ -1,0 +1,172 @@
+"""The trainer: schedules, exact growth events, resume, validation before training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from growformer.config import SIZE_FIELDS, ModelConfig
+from growformer.expand import GrowthOptions
+from growformer.train.checkpoint import latest_checkpoint
+from growformer.train.config import TrainConfig, TrainConfigError
+from growformer.train.metrics import read_events, read_metrics
+from growformer.train.schedule import SCHEDULES, GrowthEvent, Schedule, named_schedule
+from growformer.train.trainer import Trainer
+from train_data import MarkovTokens
+
+TARGET = ModelConfig(vocab_size=64, n_layers=4, hidden=32, n_heads=4, ffn=128, max_seq_len=32)
+TRAIN = TrainConfig(
+    steps=12, batch_size=4, seq_len=32, warmup_steps=2, eval_every=6, eval_batches=1, log_every=1
+)
+TRAIN_DATA, VAL_DATA = MarkovTokens(seed=0), MarkovTokens(seed=1)
+
+
+def run(tmp_path, schedule, train=TRAIN, name="run", **kwargs):
+    trainer = Trainer(
+        TARGET, train, schedule, TRAIN_DATA, VAL_DATA, tmp_path / name, progress=False, **kwargs
+    )
+    return trainer.run()
+
+
+def losses(run_dir) -> list[float]:
+    return [float(r["loss"]) for r in read_metrics(run_dir)]
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_every_named_schedule_trains_to_the_target(tmp_path, name):
+    schedule = named_schedule(name, TARGET, TRAIN)
+    result = run(tmp_path, schedule)
+    assert all(getattr(result.config, f) == getattr(TARGET, f) for f in SIZE_FIELDS)
+    assert math.isfinite(result.final_val_loss)
+    assert len(read_events(result.run_dir)) == len(schedule.events)
+    assert [int(r["step"]) for r in read_metrics(result.run_dir)] == list(range(1, 13))
+
+
+def test_loss_is_unchanged_by_an_exact_growth_event(tmp_path):
+    event = GrowthEvent(
+        step=5,
+        sizes={"n_layers": 4, "hidden": 32, "n_heads": 4, "n_kv_heads": 4, "ffn": 128},
+        options=GrowthOptions(layer_init="copy", where="interleave"),
+    )
+    schedule = Schedule(
+        "exact",
+        {"n_layers": 2, "hidden": 24, "n_heads": 3, "n_kv_heads": 3, "ffn": 64},
+        None,
+        (event,),
+    )
+    result = run(tmp_path, schedule)
+    (logged,) = read_events(result.run_dir)
+    assert logged["config_before"]["hidden"] == 24 and logged["config_after"]["hidden"] == 32
+    assert abs(logged["loss_after"] - logged["loss_before"]) <= 1e-5 * max(
+        1.0, abs(logged["loss_before"])
+    )
+
+
+def test_stacking_is_logged_with_its_loss_jump(tmp_path):
+    result = run(tmp_path, named_schedule("stack", TARGET, TRAIN))
+    (event,) = read_events(result.run_dir)
+    assert event["method"] == "stack"
+    assert event["config_before"]["n_layers"] == 2 and event["config_after"]["n_layers"] == 4
+    assert event["loss_after"] != event["loss_before"]
+
+
+@pytest.mark.parametrize("stop_at", [4, 8])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, stop_at):
+    """Killed at a checkpoint before (4) or after (8) the growth at step 5, then resumed."""
+    schedule = named_schedule("compound", TARGET, TRAIN, at=0.4)
+    full = run(tmp_path, schedule, name="full")
+    partial = TRAIN.replace(checkpoint_every=stop_at)
+    first = Trainer(
+        TARGET, partial, schedule, TRAIN_DATA, VAL_DATA, tmp_path / "cut", progress=False
+    )
+    first._start()
+    for _ in range(stop_at):
+        _one_step(first)
+    first.save()
+    _one_step(first)  # a step after the checkpoint that the resumed run must redo
+    resumed = run(tmp_path, schedule, train=partial, name="cut", resume=True)
+    assert losses(full.run_dir) == losses(resumed.run_dir)
+    assert resumed.final_val_loss == full.final_val_loss
+    assert latest_checkpoint(resumed.run_dir).name == f"step_{TRAIN.steps:07d}"
+
+
+def _one_step(trainer: Trainer) -> None:
+    """Advance a started trainer by one step the way ``run`` does (logging included)."""
+    step = trainer.position.step
+    stage = trainer._stage_at(step)
+    if stage.index > trainer.position.stage:
+        trainer._grow(stage, step)
+    loss = trainer._train_step(step, stage.seq_len)
+    trainer.position.step += 1
+    trainer._log_row(loss, None, stage)
+
+
+def test_reset_policy_drops_the_optimizer_state(tmp_path):
+    event = GrowthEvent(step=3, sizes={"ffn": 128}, state_policy="reset", rewarm_steps=2)
+    schedule = Schedule("exact", {"ffn": 64}, None, (event,))
+    trainer = Trainer(TARGET, TRAIN, schedule, TRAIN_DATA, VAL_DATA, tmp_path / "r", progress=False)
+    trainer._start()
+    for _ in range(3):
+        _one_step(trainer)
+    assert trainer.optimizer.state
+    stage = trainer._stage_at(3)
+    trainer._grow(stage, 3)
+    assert not trainer.optimizer.state
+    assert trainer.position.rewarm_from == 3
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        (Schedule("bad", {"n_layers": 8}), "n_layers=8 (target 4)"),
+        (Schedule("bad", {"ffn": 64}), "not the target"),
+        (
+            Schedule("bad", {"ffn": 64}, None, (GrowthEvent(step=20, sizes={"ffn": 128}),)),
+            "within (0, 12)",
+        ),
+        (
+            Schedule(
+                "bad",
+                {"n_layers": 2},
+                None,
+                (GrowthEvent(step=3, sizes={"n_layers": 3}, method="stack"),),
+            ),
+            "multiple of 2",
+        ),
+        (Schedule("bad", {}, 64), "longer than the model's max_seq_len"),
+        (Schedule("bad", {"bogus": 1}), "unknown size field"),
+    ],
+)
+def test_bad_schedules_fail_before_anything_is_written(tmp_path, schedule, message):
+    with pytest.raises(TrainConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Trainer(TARGET, TRAIN, schedule, TRAIN_DATA, VAL_DATA, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"steps": 0}, "steps must be an integer"),
+        ({"batch_size": 6, "grad_accum": 4}, "multiple of grad_accum"),
+        ({"lr": -1.0}, "lr must be a finite number"),
+        ({"dtype": "float16"}, "dtype must be one of"),
+        ({"beta2": 1.5}, "beta2 must be in"),
+    ],
+)
+def test_bad_train_configs_are_rejected(fields, message):
+    with pytest.raises(TrainConfigError, match=message):
+        TRAIN.replace(**fields)
+
+
+def test_resume_without_a_checkpoint_fails_clearly(tmp_path):
+    with pytest.raises(TrainConfigError, match="no checkpoint"):
+        run(tmp_path, Schedule(), resume=True)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    one = run(tmp_path, Schedule(), name="one")
+    accum = run(tmp_path, Schedule(), train=TRAIN.replace(grad_accum=2), name="accum")
+    assert losses(one.run_dir) == pytest.approx(losses(accum.run_dir), rel=1e-4)
+    assert torch.isfinite(torch.tensor(accum.final_val_loss))

@@ -87,8 +87,9 @@ def run_spec(
     return RunSpec(target, train_config, built, data, base.vocab_size)
 
 
-def load_run_file(path: str | Path) -> RunSpec:
-    """Read and validate a TOML run file (see the module docstring)."""
+def load_run_file(path: str | Path, train_overrides: Mapping[str, Any] | None = None) -> RunSpec:
+    """Read and validate a TOML run file (see the module docstring); ``train_overrides``
+    replace fields of its ``[train]`` table (the command line's ``--steps``)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -108,7 +109,7 @@ def load_run_file(path: str | Path) -> RunSpec:
     return run_spec(
         name,
         model=data.get("model"),
-        train=data.get("train"),
+        train={**data.get("train", {}), **(train_overrides or {})},
         schedule=data.get("schedule", "scratch"),
         data=data.get("data"),
     )

@@ -181,11 +181,19 @@ def test_bad_data_fails_with_a_clear_error(tmp_path, files, data, kwargs, match)
         load_dataset(source, **{"seq_len": 64, **kwargs})
 
 
-def test_conflicting_vocab_sizes(tmp_path):
-    np.arange(100, dtype=np.uint16).tofile(tmp_path / "a.bin")
-    (tmp_path / "a.bin.json").write_text('{"vocab_size": 200}')
-    with pytest.raises(DataError, match=r"conflicting vocabulary sizes \[200, 256\]"):
-        load_dataset(tmp_path / "a.bin", vocab_size=256, seq_len=8)
+def test_bin_vocabulary_size_from_sidecars(tmp_path):
+    np.arange(1000, dtype=np.uint16).tofile(tmp_path / "a.bin")
+    (tmp_path / "a.bin.json").write_text('{"vocab_size": 2000}')
+    assert load_dataset(tmp_path / "a.bin", vocab_size=4096, seq_len=8).vocab_size == 2000
+    np.arange(1000, dtype=np.uint16).tofile(tmp_path / "b.bin")
+    (tmp_path / "b.bin.json").write_text('{"vocab_size": 3000}')
+    with pytest.raises(DataError, match="different vocabulary sizes"):
+        load_dataset(tmp_path, seq_len=8)
+    (tmp_path / "b.bin.json").write_text('{"vocab_size": "many"}')
+    with pytest.raises(DataError, match=r"b\.bin\.json: vocab_size must be a positive integer"):
+        load_dataset(tmp_path, seq_len=8)
+    with pytest.raises(DataError, match="vocab_size must be a positive integer"):
+        load_dataset(tmp_path / "a.bin", vocab_size=0, seq_len=8)
 
 
 @pytest.mark.slow

@@ -50,19 +50,6 @@ def test_sequence_length_may_change_between_steps(split):
     assert torch.equal(split.batch_at(2, 4, 64)[0], split.batch_at(2, 4, 64)[0])
 
 
-def test_parts_reassemble_the_full_batch(split):
-    full_x, full_y = split.batch_at(11, 12, 16)
-    parts = [split.batch_at(11, 12, 16, part=(i, 4)) for i in range(4)]
-    assert torch.equal(torch.cat([p[0] for p in parts]), full_x)
-    assert torch.equal(torch.cat([p[1] for p in parts]), full_y)
-
-
-@pytest.mark.parametrize("part", [(0, 5), (4, 4), (-1, 4), (0, 0)])
-def test_bad_part(split, part):
-    with pytest.raises(DataError, match="part"):
-        split.batch_at(0, 12, 16, part=part)
-
-
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

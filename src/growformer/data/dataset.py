@@ -93,8 +93,9 @@ def load_dataset(
       - a ``.bin`` token file or a folder of them (``tokens.read_token_file``; ``token_dtype``
         when no sidecar says it): a folder holding exactly ``train.bin`` and ``val.bin`` gives
         the two splits, otherwise the files are concatenated in name order and the last
-        ``val_fraction`` of the tokens is validation. The vocabulary size is the sidecar's,
-        else ``vocab_size``, else the largest id + 1.
+        ``val_fraction`` of the tokens is validation. The vocabulary size is the one the
+        sidecars declare (it wins over ``vocab_size``), else ``vocab_size``, else the largest
+        id + 1.
 
     Batches come from ``Dataset.train.batch_at(step, batch_size, seq_len)`` (order fixed by
     ``seed``), evaluation from ``Dataset.val.eval_batches(...)``. ``seq_len`` is the longest
@@ -148,18 +149,21 @@ def _token_dataset(
     val_fraction: float,
     seed: int,
 ) -> Dataset:
+    if vocab_size is not None and (
+        isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1
+    ):
+        raise DataError(f"vocab_size must be a positive integer, got {vocab_size!r}")
     arrays = {path: read_token_file(path, dtype) for path in files.files}
-    declared = {path: token_vocab_size(path) for path in files.files}
+    declared = {files.name_of(p): token_vocab_size(p) for p in files.files}
     sizes = {size for size in declared.values() if size is not None}
-    if vocab_size is not None:
-        sizes.add(vocab_size)
     if len(sizes) > 1:
-        raise DataError(
-            f"{source}: conflicting vocabulary sizes {sorted(sizes)} (sidecars: "
-            f"{ {files.name_of(p): v for p, v in declared.items() if v is not None} }, "
-            f"vocab_size={vocab_size})"
-        )
-    vocab = sizes.pop() if sizes else max(int(tokens.max()) for tokens in arrays.values()) + 1
+        raise DataError(f"{source}: the sidecars declare different vocabulary sizes {declared}")
+    if sizes:
+        vocab = sizes.pop()
+    elif vocab_size is not None:
+        vocab = vocab_size
+    else:
+        vocab = max(int(tokens.max()) for tokens in arrays.values()) + 1
     for path, tokens in arrays.items():
         check_token_range(tokens, vocab, str(path))
     by_name = {files.name_of(path): tokens for path, tokens in arrays.items()}

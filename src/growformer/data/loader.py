@@ -3,9 +3,9 @@
 The batch at a step depends only on the split's tokens, its seed, the step and the batch shape:
 the start offsets of its windows are drawn from a generator seeded by ``(seed, step)``. A run
 resumed at step k therefore reads the same batch as an uninterrupted run, whatever happened
-before; the sequence length may change from one step to the next (a stage of a progressive
-schedule); and ``part`` cuts a step's batch into equal row blocks, so data-parallel ranks and
-gradient-accumulation micro-steps together read exactly the batch one process would read.
+before, and the sequence length may change from one step to the next (a stage of a
+progressive schedule). Data-parallel ranks and gradient-accumulation micro-steps take row slices
+of a step's batch, so together they read exactly the batch one process would read.
 
 There are no epochs: windows are sampled with replacement, and ``epochs(tokens)`` says how many
 passes over the split a number of consumed tokens amounts to.
@@ -78,22 +78,10 @@ class TokenSplit:
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, int(step)])))
         return rng.integers(0, len(self.tokens) - seq_len, size=batch_size, dtype=np.int64)
 
-    def batch_at(
-        self, step: int, batch_size: int, seq_len: int, part: tuple[int, int] = (0, 1)
-    ) -> tuple[Tensor, Tensor]:
-        """Inputs and next-token targets, int64 ``[batch_size / count, seq_len]`` each, of the
-        batch at ``step``: rows ``[index * b, (index + 1) * b)`` of the full batch for
-        ``part = (index, count)`` and ``b = batch_size / count`` (which must be whole)."""
-        index, count = part
-        _positive("part count", count)
-        if batch_size % count or not 0 <= index < count:
-            raise DataError(
-                f"part {part} must have 0 <= index < count and count dividing "
-                f"batch_size={batch_size}"
-            )
-        rows = batch_size // count
-        starts = self.starts(step, batch_size, seq_len)[index * rows : (index + 1) * rows]
-        return self._windows(starts, seq_len)
+    def batch_at(self, step: int, batch_size: int, seq_len: int) -> tuple[Tensor, Tensor]:
+        """Inputs and next-token targets, int64 ``[batch_size, seq_len]`` each, of the batch at
+        ``step``; data-parallel ranks and accumulation micro-steps take row slices of it."""
+        return self._windows(self.starts(step, batch_size, seq_len), seq_len)
 
     def _windows(self, starts: np.ndarray, seq_len: int) -> tuple[Tensor, Tensor]:
         window = torch.from_numpy(

@@ -8,6 +8,7 @@ Training is deterministic: the same texts and vocabulary size give the same toke
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from functools import cached_property
@@ -18,6 +19,8 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from growformer.data.cache import atomic_write, cache_dir, content_hash
 from growformer.data.corpus import Corpus, DataError
+
+log = logging.getLogger(__name__)
 
 EOT = "<|endoftext|>"
 SPECIAL_TOKENS = (EOT,)
@@ -112,6 +115,7 @@ def corpus_tokenizer(corpus: Corpus, vocab_size: int = DEFAULT_VOCAB_SIZE) -> To
     path = tokenizer_path(corpus, vocab_size)
     if path.exists():
         return Tokenizer.load(path)
+    log.info("training a %d-id tokenizer on %s (cached at %s)", vocab_size, corpus.name, path)
     tokenizer = train_tokenizer((doc.text for doc in corpus.train), vocab_size)
     tokenizer.save(path)
     return tokenizer

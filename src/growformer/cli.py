@@ -1,18 +1,23 @@
-"""The ``growformer`` command: init, grow, verify, info."""
+"""The ``growformer`` command: init, grow, verify, info; train, demo, plot, generate."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 
-from growformer.compare import fixed_batch, logit_difference
+from growformer.compare import Difference, fixed_batch, logit_difference
 from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
+from growformer.data import DataError
 from growformer.expand import LAYER_INITS, PLACEMENTS, WIDTH_INITS, GrowthError, GrowthOptions, grow
-from growformer.model import Transformer
+from growformer.hf import grow_storable, is_hf_folder, read_folder, write_folder
+from growformer.model import Transformer, model_from_state
 from growformer.model_io import CheckpointError, check_destination, load_model, save_model
+from growformer.train.commands import add_commands
+from growformer.train.config import TrainConfigError
 
 # CLI flag → ModelConfig field, for the sizes every command shares.
 SIZE_FLAGS = {
@@ -31,6 +36,10 @@ DEFAULT_RTOL = 1e-5
 
 class UsageError(ValueError):
     """A command-line value that is not allowed."""
+
+
+# Errors caused by the user's input: printed as one line, exit status 2.
+USER_ERRORS = (ConfigError, GrowthError, CheckpointError, UsageError, TrainConfigError, DataError)
 
 
 def _add_sizes(parser: argparse.ArgumentParser) -> None:
@@ -61,9 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     init.set_defaults(run=_cmd_init)
 
-    g = sub.add_parser("grow", help="grow a model folder to a larger size, exactly")
-    g.add_argument("src", metavar="SRC")
-    g.add_argument("dst", metavar="DST")
+    g = sub.add_parser(
+        "grow",
+        help="grow a model folder (growformer or Hugging Face) to a larger size, exactly",
+    )
+    g.add_argument("src", metavar="SRC", help="a growformer or Hugging Face model folder")
+    g.add_argument("dst", metavar="DST", help="the grown model, in the format of SRC")
     _add_sizes(g)
     g.add_argument("--layer-init", choices=LAYER_INITS, default="identity")
     g.add_argument("--where", choices=PLACEMENTS, default="end", help="where new layers go")
@@ -72,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--approximate",
         action="store_true",
-        help="allow the non-exact hidden and layer growth of post-norm models",
+        help="allow the non-exact hidden and layer growth of post-norm models (BERT) and "
+        "print the measured deviation",
     )
     g.add_argument("--check", action="store_true", help="compare both models before writing")
     g.add_argument("--tol", type=float, default=DEFAULT_RTOL, help="relative tolerance of --check")
@@ -91,9 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     v.set_defaults(run=_cmd_verify)
 
-    info = sub.add_parser("info", help="print a model's config and parameter count")
+    info = sub.add_parser("info", help="print a model's (canonical) config and parameter count")
     info.add_argument("path", metavar="PATH")
     info.set_defaults(run=_cmd_info)
+    add_commands(sub)
     return parser
 
 
@@ -119,7 +133,6 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     check_destination(args.dst, args.overwrite)
     if args.tol <= 0:
         raise UsageError(f"--tol must be > 0, got {args.tol}")
-    source = load_model(args.src)
     options = GrowthOptions(
         layer_init=args.layer_init,
         where=args.where,
@@ -127,7 +140,15 @@ def _cmd_grow(args: argparse.Namespace) -> int:
         seed=args.seed,
         approximate=args.approximate,
     )
-    grown, _ = grow(source, _sizes(args), options)
+    if is_hf_folder(args.src):
+        source_hf = read_folder(args.src)
+        grown_hf = grow_storable(source_hf, _sizes(args), options)
+        source, grown = source_hf.model(), grown_hf.model()
+        save = partial(write_folder, grown_hf, args.dst, like=args.src, overwrite=args.overwrite)
+    else:
+        source = load_model(args.src)
+        grown, _ = grow(source, _sizes(args), options)
+        save = partial(save_model, grown, args.dst, overwrite=args.overwrite)
     changes = [
         f"{f} {getattr(source.config, f)} → {getattr(grown.config, f)}"
         for f in SIZE_FIELDS
@@ -135,27 +156,47 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     ]
     print(f"grow {args.src} → {args.dst}: {', '.join(changes) or 'no size change'}")
     print(f"parameters {source.num_parameters():,} → {grown.num_parameters():,}")
-    if args.check:
-        tokens = fixed_batch(source.config.vocab_size, min(64, source.config.max_seq_len))
-        diff = logit_difference(source, grown, tokens)
-        print(f"check: max_abs_diff={diff.max_abs_diff:.3e} (max |logit| {diff.scale:.3g})")
-        if not diff.within(args.tol):
+    if args.check or args.approximate:
+        diff = _difference(source, grown)
+        label = "check" if args.check else "approximate: deviation"
+        print(f"{label}: max_abs_diff={diff.max_abs_diff:.3e} (max |logit| {diff.scale:.3g})")
+        if args.check and not diff.within(args.tol):
             print(
                 f"growformer: error: grown model differs by {diff.max_abs_diff:.3e} > "
                 f"{args.tol:g}·max(1, {diff.scale:.3g}); nothing written",
                 file=sys.stderr,
             )
             return 1
-    save_model(grown, args.dst, overwrite=args.overwrite)
+    save()
     return 0
+
+
+def _difference(source: Transformer, grown: Transformer) -> Difference:
+    """The logit difference of two models on the fixed batch, computed in float32 or better."""
+    tokens = fixed_batch(source.config.vocab_size, min(64, source.config.max_seq_len))
+    return logit_difference(_at_least_float32(source), _at_least_float32(grown), tokens)
+
+
+def _at_least_float32(model: Transformer) -> Transformer:
+    if model.output_embedding.dtype in (torch.float32, torch.float64):
+        return model
+    state = {name: t.float() for name, t in model.state_dict().items()}
+    return model_from_state(model.config, state)
+
+
+def _load(path: str, dtype: torch.dtype) -> Transformer:
+    """A growformer folder, or a Hugging Face folder in canonical form, in ``dtype``."""
+    if is_hf_folder(path):
+        return read_folder(path).model().to(dtype)
+    return load_model(path, dtype=dtype)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     if args.tol <= 0:
         raise UsageError(f"--tol must be > 0, got {args.tol}")
     dtype = DTYPES[args.dtype]
-    a = load_model(args.a, dtype=dtype)
-    b = load_model(args.b, dtype=dtype)
+    a = _load(args.a, dtype)
+    b = _load(args.b, dtype)
     if a.config.vocab_size != b.config.vocab_size:
         raise UsageError(
             f"the models' vocab sizes differ ({a.config.vocab_size} vs {b.config.vocab_size})"
@@ -169,7 +210,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    model = load_model(args.path)
+    if is_hf_folder(args.path):
+        canonical = read_folder(args.path)
+        family = canonical.family
+        print(
+            f"format: {family.model_type} ({canonical.source.architecture or family.architecture})"
+        )
+        print(f"dtype: {str(canonical.state['tok_emb.weight'].dtype).removeprefix('torch.')}")
+        model = canonical.model()
+        if canonical.extras:
+            names = ", ".join(canonical.extras)
+            entries = sum(t.numel() for t in canonical.extras.values())
+            print(f"{family.model_type}-only tensors ({entries:,} entries): {names}")
+    else:
+        model = load_model(args.path)
     for name, value in model.config.to_dict().items():
         print(f"{name}: {value}")
     print(f"parameters: {model.num_parameters():,}")
@@ -180,7 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, GrowthError, CheckpointError, UsageError) as err:
+    except (
+        ConfigError,
+        GrowthError,
+        CheckpointError,
+        UsageError,
+        TrainConfigError,
+        DataError,
+    ) as err:
         print(f"growformer {args.command}: error: {err}", file=sys.stderr)
         return 2
 

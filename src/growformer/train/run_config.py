@@ -33,7 +33,7 @@ from typing import Any
 from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
 from growformer.expand import GrowthError, GrowthOptions
 from growformer.train.config import PRESETS, TrainConfig, TrainConfigError, preset
-from growformer.train.schedule import GrowthEvent, Schedule, named_schedule
+from growformer.train.schedule import SCHEDULES, GrowthEvent, Schedule, named_schedule
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,6 +71,8 @@ def run_spec(
     ``Schedule.plan`` so a schedule that cannot reach the target fails here.
     """
     base = preset(preset_name)
+    _check_keys("[model]", model, ModelConfig)
+    _check_keys("[train]", train, TrainConfig)
     try:
         target = base.model.replace(**dict(model or {}))
     except (ConfigError, TypeError) as error:
@@ -115,6 +117,15 @@ def load_run_file(path: str | Path, train_overrides: Mapping[str, Any] | None = 
     )
 
 
+def _check_keys(table: str, values: Mapping[str, Any] | None, cls: type) -> None:
+    if values is not None and not isinstance(values, Mapping):
+        raise TrainConfigError(f"{table} must be a table of fields, got {values!r}")
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(values or {}) - allowed)
+    if unknown:
+        raise TrainConfigError(f"{table}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+
+
 def _schedule_from_table(
     table: dict[str, Any], target: ModelConfig, train: TrainConfig
 ) -> Schedule:
@@ -123,6 +134,11 @@ def _schedule_from_table(
         if extra:
             raise TrainConfigError(
                 f"[schedule]: an explicit schedule takes start and grow, not {extra}"
+            )
+        if table.get("name") in SCHEDULES:
+            raise TrainConfigError(
+                f"[schedule]: {table['name']!r} is a built-in schedule, set by its parameters; "
+                "an explicit schedule (start and grow) needs another name"
             )
         start = dict(table.get("start", {}))
         start_seq_len = start.pop("seq_len", None)

@@ -91,7 +91,8 @@ class Schedule:
     def plan(self, target: ModelConfig, train: TrainConfig) -> list[Stage]:
         """The stages of a run that must end at ``target`` trained on ``train.seq_len``.
 
-        Raises ``TrainConfigError`` (naming the event and field) when a size would shrink, the
+        Raises ``TrainConfigError`` (naming the event and field) when a size would shrink, an
+        event changes nothing, the
         last stage is not the target, a sequence is longer than the model's ``max_seq_len``,
         steps are not increasing inside ``(0, train.steps)``, or a copy order cannot reach its
         layer count.
@@ -125,6 +126,8 @@ class Schedule:
                     layer_order(event.method, config.n_layers, grown.n_layers, event.midas_block)
                 except GrowthError as error:
                     raise TrainConfigError(f"{where}: {error}") from None
+            if grown == config and (event.seq_len or seq_len) == seq_len:
+                raise TrainConfigError(f"{where}: changes nothing (give a size or a seq_len)")
             seq_len = event.seq_len or seq_len
             config, previous = grown, event.step
             stages.append(Stage(len(stages), event.step, config, seq_len, event))

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,10 +43,17 @@ from growformer.train.schedule import Schedule, Stage, schedule_to_dict
 
 
 class TokenBatches(Protocol):
-    """What the trainer needs from data: the batch of a step, as a function of the step."""
+    """What the trainer needs from data (``growformer.data.TokenSplit`` is one): the batch of a
+    step as a function of the step, and a fixed evaluation set."""
 
     def batch_at(self, step: int, batch_size: int, seq_len: int) -> tuple[Tensor, Tensor]:
         """Inputs and next-token targets, each ``(batch_size, seq_len)`` int64."""
+        ...
+
+    def eval_batches(
+        self, batch_size: int, seq_len: int, max_windows: int | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """The same (inputs, targets) batches every time, ``max_windows`` rows in all."""
         ...
 
 
@@ -246,17 +254,19 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed validation batches, at the final sequence length."""
+        """Mean token loss over the fixed validation windows (``eval_batches`` micro-batches),
+        at the final sequence length."""
         self.model.eval()
-        losses = []
-        for i in range(self.train.eval_batches):
-            inputs, targets = self.val_data.batch_at(
-                i, self.train.micro_batch_size, self.train.seq_len
-            )
-            losses.append(
-                float(self._loss(self.model, inputs.to(self.device), targets.to(self.device)))
-            )
-        return sum(losses) / len(losses)
+        micro = self.train.micro_batch_size
+        total, count = 0.0, 0
+        batches = self.val_data.eval_batches(
+            micro, self.train.seq_len, self.train.eval_batches * micro
+        )
+        for inputs, targets in batches:
+            loss = self._loss(self.model, inputs.to(self.device), targets.to(self.device))
+            total += float(loss) * targets.numel()
+            count += targets.numel()
+        return total / count
 
     def _grow(self, stage: Stage, step: int) -> None:
         event = stage.event

@@ -1,0 +1,143 @@
+"""The training commands of ``growformer``: train, demo, plot, generate."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+
+from growformer.train.config import PRESETS, TrainConfigError
+from growformer.train.generate import sample
+from growformer.train.plot import plot_runs
+from growformer.train.report import speedup_table, summarize
+from growformer.train.run_config import RunSpec, load_run_file, run_spec
+from growformer.train.schedule import SCHEDULES
+from growformer.train.trainer import Trainer
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``train``, ``demo``, ``plot`` and ``generate`` on the ``growformer`` parser."""
+    train = sub.add_parser("train", help="train a model, growing it on a schedule")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="FILE", help="a TOML run file")
+    source.add_argument("--schedule", choices=SCHEDULES, help="a named schedule")
+    train.add_argument("--preset", choices=tuple(PRESETS), help="model and training preset")
+    train.add_argument("--data", metavar="PATH", help="text, .jsonl or .bin token files")
+    train.add_argument("--out", metavar="DIR", help="run folder (default runs/SCHEDULE)")
+    train.add_argument("--steps", type=int, metavar="N", help="override the step budget")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=_cmd_train)
+
+    demo = sub.add_parser("demo", help="scratch vs compound growth on the built-in corpus")
+    demo.add_argument("--out", metavar="DIR", default="runs/demo")
+    demo.add_argument("--preset", choices=tuple(PRESETS), default="small")
+    demo.add_argument("--steps", type=int, metavar="N", help="override the step budget")
+    demo.set_defaults(run=_cmd_demo)
+
+    plot = sub.add_parser("plot", help="validation loss vs time and FLOPs, as PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", metavar="FILE", default=None, help="default RUN_DIR/loss.png")
+    plot.set_defaults(run=_cmd_plot)
+
+    generate = sub.add_parser("generate", help="sample text from a trained run")
+    generate.add_argument("run_dir", metavar="RUN_DIR")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--tokens", type=int, default=100, metavar="N")
+    generate.add_argument("--temperature", type=float, default=0.8)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(run=_cmd_generate)
+
+
+def _spec(args: argparse.Namespace) -> RunSpec:
+    train = {"steps": args.steps} if args.steps is not None else {}
+    if args.config:
+        if args.preset or args.data:
+            raise TrainConfigError("--preset and --data go in the --config file, not beside it")
+        return load_run_file(args.config, train_overrides=train)
+    return run_spec(
+        args.preset or "small", train=train, schedule=args.schedule or "scratch", data=args.data
+    )
+
+
+def run_training(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True):
+    """Load the data of ``spec``, then train; the run folder gets the tokenizer too."""
+    from growformer.data import load_dataset
+
+    dataset = load_dataset(
+        spec.data, vocab_size=spec.vocab_size, seq_len=spec.train.seq_len, seed=spec.train.seed
+    )
+    target = spec.target.replace(vocab_size=dataset.vocab_size)
+    trainer = Trainer(
+        target,
+        spec.train,
+        spec.schedule,
+        dataset.train,
+        dataset.val,
+        out,
+        resume=resume,
+        progress=progress,
+    )
+    result = trainer.run()
+    if dataset.tokenizer is not None:
+        dataset.tokenizer.save(Path(out) / TOKENIZER_FILE)
+    return result
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    spec = _spec(args)
+    out = Path(args.out or f"runs/{spec.schedule.name}")
+    result = run_training(spec, out, resume=args.resume, progress=not args.no_progress)
+    print(
+        f"{spec.schedule.name}: {result.steps} steps, {result.train_time:.1f} s, "
+        f"{result.flops:.3g} FLOPs, final val loss {result.final_val_loss:.4f} → {out}"
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    summaries = []
+    for name in ("scratch", "compound"):
+        train = {"steps": args.steps} if args.steps else None
+        spec = run_spec(args.preset, train=train, schedule=name)
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+        print(f"== {name} ==")
+        run_training(spec, out / name)
+        summaries.append(summarize(out / name))
+    table = speedup_table(summaries[0], summaries[1:])
+    plot = plot_runs([out / "scratch", out / "compound"], out / "loss.png")
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    print(f"plot: {plot}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    out = args.out or str(Path(args.runs[0]) / "loss.png")
+    print(plot_runs(args.runs, out))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from growformer.data.tokenizer import Tokenizer
+    from growformer.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    run_dir = Path(args.run_dir)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise TrainConfigError(f"{run_dir}: no checkpoint to sample from")
+    tokenizer_path = run_dir / TOKENIZER_FILE
+    if not tokenizer_path.is_file():
+        raise TrainConfigError(f"{tokenizer_path} is missing: generate needs the run's tokenizer")
+    model, _, _ = load_checkpoint(checkpoint)
+    tokenizer = Tokenizer.load(tokenizer_path)
+    prompt = torch.tensor(tokenizer.encode(args.prompt), dtype=torch.long)
+    tokens = sample(model, prompt, args.tokens, temperature=args.temperature, seed=args.seed)
+    print(tokenizer.decode(tokens.tolist()))
+    return 0

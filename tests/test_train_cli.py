@@ -1,0 +1,113 @@
+"""growformer train / plot / generate from the command line, and their bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from growformer.cli import main
+from growformer.train.metrics import read_events, read_metrics
+
+TEXT = "\n\n".join(
+    f"Paragraph {i}: the quick brown fox jumps over the lazy dog, and the cat watches it "
+    f"from the window while number {i * 7 % 13} is counted."
+    for i in range(400)
+)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GROWFORMER_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def test_train_a_named_schedule_then_plot_and_generate(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--schedule", "compound", "--data", str(corpus)]
+    assert main([*args, "--out", str(out), "--steps", "8", "--no-progress"]) == 0
+    assert "compound: 8 steps" in capsys.readouterr().out
+    assert read_metrics(out)[-1]["step"] == "8"
+    (event,) = read_events(out)
+    assert event["loss_after"] == pytest.approx(event["loss_before"], abs=1e-5)
+    assert main(["plot", str(out), "--out", str(tmp_path / "loss.png")]) == 0
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["generate", str(out), "--prompt", "The quick", "--tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("The quick")
+
+
+def test_train_from_a_toml_file_with_explicit_growth(tmp_path, corpus):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f"""
+preset = "tiny"
+data = "{corpus}"
+[train]
+steps = 6
+eval_every = 3
+[schedule]
+name = "mine"
+start = {{ n_layers = 1, ffn = 128 }}
+[[schedule.grow]]
+step = 3
+n_layers = 2
+ffn = 256
+layer_init = "copy"
+"""
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    (event,) = read_events(out)
+    assert event["step"] == 3
+    assert event["config_before"]["n_layers"] == 1 and event["config_after"]["n_layers"] == 2
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('preset = "huge"', "preset must be one of"),
+        ("[train]\nsteps = -1", "steps must be an integer"),
+        ("[train]\nbogus = 1", "unknown field"),
+        ('[schedule]\nname = "compound"\nat = 1.5', "at must be a fraction"),
+        ("[schedule]\nstart = { n_layers = 9 }", "not the target"),
+        ("[[schedule.grow]]\nstep = 3", "changes nothing"),
+        ("[[schedule.grow]]\nstep = 3\nffn = 512\nbogus = 1", "unknown key"),
+        ('[schedule]\nname = "compound"\n[[schedule.grow]]\nstep = 3', "built-in schedule"),
+        ("[schedule]\n[[schedule.grow]]\nn_layers = 4", "exactly one of at"),
+        ("[model]\nn_heads = 3", "n_heads=3"),
+        ("nonsense = 1", "unknown key"),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_bad_run_files_fail_before_anything_is_written(tmp_path, corpus, capsys, toml, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_config_file_excludes_preset_and_data_flags(tmp_path, corpus, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('preset = "tiny"')
+    assert main(["train", "--config", str(config), "--data", str(corpus)]) == 2
+    assert "go in the --config file" in capsys.readouterr().err
+
+
+def test_bad_data_fails_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--preset", "tiny", "--data", str(tmp_path / "nope"), "--out", str(out)])
+    assert code == 2
+    assert "nope" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_generate_needs_a_run_folder(tmp_path, capsys):
+    assert main(["generate", str(tmp_path), "--prompt", "x"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

@@ -22,8 +22,9 @@ class TrainConfigError(ValueError):
 class TrainConfig:
     """How to train: optimizer, learning-rate schedule, batches, evaluation and checkpoints.
 
-    ``batch_size`` sequences of ``seq_len`` tokens per optimizer step (the final stage's length;
-    a schedule may train on shorter ones first), split into ``grad_accum`` micro-batches.
+    ``batch_size`` sequences of ``seq_len`` tokens per optimizer step, split into ``grad_accum``
+    micro-batches. A schedule stage of shorter sequences takes proportionally more of them, so
+    every step trains on ``tokens_per_step`` tokens.
     Learning rate: linear warmup over ``warmup_steps`` to ``lr``, then cosine decay to
     ``lr * min_lr_ratio`` at ``steps``. ``dtype="bfloat16"`` runs the forward pass under
     autocast (weights and optimizer stay float32); ``compile`` wraps the model in
@@ -75,6 +76,10 @@ class TrainConfig:
             raise TrainConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if not isinstance(self.compile, bool):
             raise TrainConfigError(f"compile must be true or false, got {self.compile!r}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
 
     @property
     def micro_batch_size(self) -> int:

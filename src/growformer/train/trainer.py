@@ -102,11 +102,17 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         self.run_dir = Path(run_dir)
         self.rank, self.world = _distributed_rank_world()
-        if train.batch_size % (self.world * train.grad_accum):
-            raise TrainConfigError(
-                f"batch_size={train.batch_size} must be a multiple of processes * grad_accum "
-                f"= {self.world} * {train.grad_accum}"
-            )
+        for stage in self.stages:
+            rows = self.rows(stage.seq_len)
+            if (
+                rows % (self.world * train.grad_accum)
+                or rows * stage.seq_len != train.tokens_per_step
+            ):
+                raise TrainConfigError(
+                    f"stage {stage.index}: seq_len {stage.seq_len} needs {rows} rows for "
+                    f"{train.tokens_per_step} tokens per step, which must be whole and a "
+                    f"multiple of processes * grad_accum = {self.world} * {train.grad_accum}"
+                )
         self.device = torch.device(device or _default_device(self.rank))
         self.progress = progress and self.rank == 0
         self.resume = resume
@@ -165,7 +171,7 @@ class Trainer:
                 started = time.perf_counter()
                 loss = self._train_step(step, stage.seq_len)
                 elapsed = time.perf_counter() - started
-                tokens = train.batch_size * stage.seq_len
+                tokens = train.tokens_per_step
                 self.position.tokens += tokens
                 self.position.flops += tokens * train_flops_per_token(
                     self.model.config, stage.seq_len
@@ -200,6 +206,11 @@ class Trainer:
             self.model.config,
         )
 
+    def rows(self, seq_len: int) -> int:
+        """Sequences per step at ``seq_len``: a stage of shorter sequences takes more of them,
+        so every step trains on ``train.tokens_per_step`` tokens."""
+        return self.train.tokens_per_step // seq_len
+
     def _stage_at(self, step: int) -> Stage:
         return [s for s in self.stages if s.start_step <= step][-1]
 
@@ -229,8 +240,8 @@ class Trainer:
         return float(total)
 
     def _rank_rows(self, step: int, seq_len: int) -> tuple[Tensor, Tensor]:
-        inputs, targets = self.train_data.batch_at(step, self.train.batch_size, seq_len)
-        rows = self.train.batch_size // self.world
+        inputs, targets = self.train_data.batch_at(step, self.rows(seq_len), seq_len)
+        rows = inputs.shape[0] // self.world
         mine = slice(self.rank * rows, (self.rank + 1) * rows)
         return inputs[mine].to(self.device), targets[mine].to(self.device)
 
@@ -247,7 +258,7 @@ class Trainer:
     @torch.no_grad()
     def batch_loss(self, step: int, seq_len: int) -> float:
         """The loss of the current model on the whole batch of ``step`` (no update)."""
-        inputs, targets = self.train_data.batch_at(step, self.train.batch_size, seq_len)
+        inputs, targets = self.train_data.batch_at(step, self.rows(seq_len), seq_len)
         self.model.eval()
         loss = self._loss(self.model, inputs.to(self.device), targets.to(self.device))
         return float(loss)

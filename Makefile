@@ -21,6 +21,7 @@ demo: $(STAMP)
 		--heads 12 --kv-heads 4 --ffn 768 --qk-head-dim 48 --v-head-dim 48 --where interleave --check
 	$(VENV)/bin/growformer verify $(DEMO_DIR)/small $(DEMO_DIR)/grown
 	$(VENV)/bin/growformer info $(DEMO_DIR)/grown
+	$(VENV)/bin/growformer demo --out $(DEMO_DIR)/train
 
 # pytest exits 5 when it collects no test: that is not a failure.
 test: $(STAMP)

@@ -126,9 +126,14 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(
         ModelConfig(n_layers=4, hidden=128, n_heads=4, ffn=512, max_seq_len=128),
         TrainConfig(
-            steps=1200, batch_size=32, seq_len=128, warmup_steps=60, eval_every=100, eval_batches=8
+            steps=800,
+            batch_size=16,
+            seq_len=128,
+            warmup_steps=40,
+            eval_every=50,
+            eval_batches=8,
         ),
-        vocab_size=2048,
+        vocab_size=1024,
     ),
     "base": Preset(
         ModelConfig(n_layers=12, hidden=768, n_heads=12, ffn=3072, max_seq_len=512),

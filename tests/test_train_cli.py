@@ -111,3 +111,24 @@ def test_bad_data_fails_before_anything_is_written(tmp_path, capsys):
 def test_generate_needs_a_run_folder(tmp_path, capsys):
     assert main(["generate", str(tmp_path), "--prompt", "x"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_resume_continues_a_run_and_refuses_other_data(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--schedule", "stack", "--data", str(corpus)]
+    assert main([*args, "--out", str(out), "--steps", "6", "--no-progress"]) == 0
+    assert main([*args, "--out", str(out), "--steps", "10", "--resume", "--no-progress"]) == 0
+    assert read_metrics(out)[-1]["step"] == "10"
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT.replace("fox", "wolf"))
+    args[-1] = str(other)
+    assert main([*args, "--out", str(out), "--steps", "12", "--resume"]) == 2
+    assert "the data differs" in capsys.readouterr().err
+
+
+def test_resume_without_a_checkpoint_writes_nothing(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--resume"]
+    assert main(args) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert not out.exists()

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
 import torch
 
+from growformer.data import load_dataset
 from growformer.train.config import PRESETS, TrainConfigError
 from growformer.train.generate import sample
 from growformer.train.plot import plot_runs
 from growformer.train.report import speedup_table, summarize
 from growformer.train.run_config import RunSpec, load_run_file, run_spec
 from growformer.train.schedule import SCHEDULES
-from growformer.train.trainer import Trainer
+from growformer.train.trainer import RunResult, Trainer
 
 TOKENIZER_FILE = "tokenizer.json"
+DATA_FILE = "data.json"
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -64,13 +67,23 @@ def _spec(args: argparse.Namespace) -> RunSpec:
     )
 
 
-def run_training(spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True):
-    """Load the data of ``spec``, then train; the run folder gets the tokenizer too."""
-    from growformer.data import load_dataset
-
+def run_training(
+    spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True
+) -> RunResult:
+    """Load the data of ``spec``, then train into ``out``, which also gets the tokenizer and
+    ``data.json`` (the data's fingerprint: a resumed run must see the same tokens)."""
+    out = Path(out)
     dataset = load_dataset(
         spec.data, vocab_size=spec.vocab_size, seq_len=spec.train.seq_len, seed=spec.train.seed
     )
+    data_record = {"source": dataset.source, "fingerprint": dataset.fingerprint}
+    if resume and (out / DATA_FILE).is_file():
+        recorded = json.loads((out / DATA_FILE).read_text())
+        if recorded["fingerprint"] != dataset.fingerprint:
+            raise TrainConfigError(
+                f"--resume: the data differs from the run's ({recorded['source']}, fingerprint "
+                f"{recorded['fingerprint'][:12]}); resume with the same --data"
+            )
     target = spec.target.replace(vocab_size=dataset.vocab_size)
     trainer = Trainer(
         target,
@@ -82,10 +95,11 @@ def run_training(spec: RunSpec, out: str | Path, *, resume: bool = False, progre
         resume=resume,
         progress=progress,
     )
-    result = trainer.run()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DATA_FILE).write_text(json.dumps(data_record) + "\n")
     if dataset.tokenizer is not None:
-        dataset.tokenizer.save(Path(out) / TOKENIZER_FILE)
-    return result
+        dataset.tokenizer.save(out / TOKENIZER_FILE)
+    return trainer.run()
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -116,13 +116,13 @@ class Trainer:
         self.device = torch.device(device or _default_device(self.rank))
         self.progress = progress and self.rank == 0
         self.resume = resume
+        if resume and latest_checkpoint(self.run_dir) is None:
+            raise TrainConfigError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
 
     # -- setup -------------------------------------------------------------------------------
 
     def _start(self) -> None:
         checkpoint = latest_checkpoint(self.run_dir) if self.resume else None
-        if self.resume and checkpoint is None:
-            raise TrainConfigError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
         if checkpoint is None:
             torch.manual_seed(self.train.seed)
             self.model = Transformer(self.stages[0].config)

@@ -1,0 +1,251 @@
+"""Hugging Face folders through the ``growformer`` command and ``growformer.hf``: grow, verify and
+info; dtype and sharding kept; tensor-by-tensor (memory-mapped) reading; and bad input failing
+clearly with nothing written at the destination."""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from growformer import hf
+from growformer.cli import main
+from hf_tiny import RTOL, gpt2, llama, load, output, qwen2, relative_error, saved, tokens
+
+
+def run(*args: object) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    return saved(llama(), tmp_path / "src")
+
+
+def test_cli_grow_check_verify_and_info_on_a_hf_folder(src: Path, tmp_path: Path, capsys) -> None:
+    dst = tmp_path / "dst"
+    assert run("grow", src, dst, "--ffn", "80", "--layers", "3", "--heads", "8", "--check") == 0
+    out = capsys.readouterr().out
+    assert "ffn 48 → 80" in out and "check: max_abs_diff=" in out
+    assert sorted(p.name for p in dst.iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]
+    error = relative_error(output(load(src), tokens()), output(load(dst), tokens()))
+    assert error <= RTOL
+    assert run("verify", src, dst) == 0
+    assert float(capsys.readouterr().out.strip().splitlines()[-1].split("=")[1]) < 1e-4
+    assert run("info", dst) == 0
+    info = capsys.readouterr().out
+    assert "format: llama (LlamaForCausalLM)" in info and "dtype: float32" in info
+    assert "n_heads: 8" in info and "ffn: 80" in info
+    assert f"parameters: {load(dst).num_parameters():,}" in info
+
+
+def test_bf16_source_gives_a_bf16_folder(tmp_path: Path) -> None:
+    src = saved(llama().to(torch.bfloat16), tmp_path / "src")
+    assert run("grow", src, tmp_path / "dst", "--ffn", "80", "--hidden", "48") == 0
+    with safe_open(str(tmp_path / "dst" / "model.safetensors"), framework="pt") as f:
+        assert {f.get_tensor(n).dtype for n in f.keys()} == {torch.bfloat16}  # noqa: SIM118
+    assert json.loads((tmp_path / "dst" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert load(tmp_path / "dst").dtype == torch.bfloat16
+
+
+def _shard_bytes(shard: Path) -> tuple[int, int]:
+    """(tensor bytes, tensor count) of a safetensors file."""
+    with safe_open(str(shard), framework="pt") as f:
+        tensors = [f.get_tensor(n) for n in f.keys()]  # noqa: SIM118
+    return sum(t.numel() * t.element_size() for t in tensors), len(tensors)
+
+
+def test_sharded_source_gives_a_sharded_folder(tmp_path: Path) -> None:
+    source = gpt2(n_layer=3)
+    src = saved(source, tmp_path / "src", max_shard_size="30KB")
+    source_shards = sorted(src.glob("model-*.safetensors"))
+    assert len(source_shards) > 1
+    limit = max(_shard_bytes(f)[0] for f in source_shards)
+    hf.grow_folder(src, tmp_path / "dst", {"ffn": 96, "n_layers": 5})
+    dst = tmp_path / "dst"
+    shards = sorted(dst.glob("model-*.safetensors"))
+    assert len(shards) > len(source_shards)
+    assert not (dst / "model.safetensors").exists()
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {f.name for f in shards}
+    for shard in shards:
+        nbytes, count = _shard_bytes(shard)
+        assert nbytes <= limit or count == 1
+    error = relative_error(output(source, tokens()), output(load(dst), tokens()))
+    assert error <= RTOL
+
+
+def _anon_mib() -> float:
+    gc.collect()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no RssAnon in /proc/self/status")
+
+
+def test_reading_maps_tensors_instead_of_copying_them(tmp_path: Path) -> None:
+    """About 70 MB of weights read (and grown in the MLP alone) without copying the source."""
+    config = llama(vocab_size=16384, hidden_size=512, num_hidden_layers=1).config
+    config.intermediate_size = 512
+    folder = tmp_path / "big"
+    folder.mkdir()
+    (folder / "config.json").write_text(config.to_json_string())
+    gen = torch.Generator().manual_seed(0)
+    shapes = {
+        "model.embed_tokens.weight": (16384, 512),
+        "lm_head.weight": (16384, 512),
+        "model.norm.weight": (512,),
+        "model.layers.0.input_layernorm.weight": (512,),
+        "model.layers.0.post_attention_layernorm.weight": (512,),
+        "model.layers.0.self_attn.q_proj.weight": (512, 512),
+        "model.layers.0.self_attn.k_proj.weight": (256, 512),
+        "model.layers.0.self_attn.v_proj.weight": (256, 512),
+        "model.layers.0.self_attn.o_proj.weight": (512, 512),
+        "model.layers.0.mlp.gate_proj.weight": (512, 512),
+        "model.layers.0.mlp.up_proj.weight": (512, 512),
+        "model.layers.0.mlp.down_proj.weight": (512, 512),
+    }
+    save_file(
+        {n: torch.randn(s, generator=gen) for n, s in shapes.items()}, folder / "model.safetensors"
+    )
+    size = (folder / "model.safetensors").stat().st_size / 2**20
+    before = _anon_mib()
+    source = hf.read_folder(folder)
+    read = _anon_mib() - before
+    grown = hf.grow_storable(source, {"ffn": 1024})
+    grew = _anon_mib() - before
+    new_mlp = 3 * 512 * 1024 * 4 / 2**20
+    assert read < 0.1 * size, f"reading {size:.0f} MiB took {read:.1f} MiB of memory"
+    assert grew < new_mlp + 0.1 * size, f"growth took {grew:.1f} MiB, the new MLP {new_mlp:.0f}"
+    hf.write_folder(grown, tmp_path / "out", like=folder)
+    assert hf.read_folder(tmp_path / "out").config.ffn == 1024
+
+
+# -- bad input: a clear error, exit status 2, nothing at the destination --------------------------
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_config(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _unknown_model_type(folder: Path) -> None:
+    _edit_config(folder, model_type="t5")
+
+
+def _truncated_weights(folder: Path) -> None:
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) - 100])
+
+
+def _missing_config(folder: Path) -> None:
+    (folder / "config.json").unlink()
+
+
+def _pickle_weights_only(folder: Path) -> None:
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+
+
+def _layers_do_not_match(folder: Path) -> None:
+    _edit_config(folder, num_hidden_layers=3)
+
+
+def _scaled_rope(folder: Path) -> None:
+    _edit_config(folder, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4})
+
+
+BAD_FOLDERS = {
+    "unknown_model_type": (
+        _unknown_model_type,
+        "model_type 't5' is not supported; supported: gpt2, llama, qwen2, mistral, bert",
+    ),
+    "truncated_weights": (_truncated_weights, "not a readable safetensors file"),
+    "missing_config": (_missing_config, "config.json is missing"),
+    "pickle_weights_only": (_pickle_weights_only, "growformer reads safetensors weights only"),
+    "layers_do_not_match": (_layers_do_not_match, "missing ['model.layers.2."),
+    "scaled_rope": (_scaled_rope, "rope_type='linear' is not supported"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FOLDERS)
+def test_bad_folders_fail_clearly_and_write_nothing(
+    src: Path, tmp_path: Path, capsys, case: str
+) -> None:
+    spoil, message = BAD_FOLDERS[case]
+    bad = _copy(src, tmp_path / "bad")
+    spoil(bad)
+    dst = tmp_path / "dst"
+    assert run("grow", bad, dst, "--ffn", "64") == 2
+    assert message in capsys.readouterr().err
+    assert not dst.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".dst")] == []
+
+
+def test_missing_shard_fails_clearly(tmp_path: Path, capsys) -> None:
+    src = saved(llama(), tmp_path / "src", max_shard_size="30KB")
+    next(iter(sorted(src.glob("model-*.safetensors")))).unlink()
+    assert run("grow", src, tmp_path / "dst", "--ffn", "64") == 2
+    assert "lists shards that are missing" in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()
+
+
+TARGETS_NOT_STORABLE = {
+    "gpt2_heads_without_hidden": (gpt2, ["--heads", "6"], "GPT-2 stores no head_dim"),
+    "gpt2_grouped_kv": (
+        gpt2,
+        ["--hidden", "64", "--heads", "8", "--kv-heads", "4"],
+        "GPT-2 has no grouped kv heads",
+    ),
+    "llama_one_head_dim": (llama, ["--qk-head-dim", "12"], "one head_dim for q, k and v"),
+    "llama_hidden_heads": (llama, ["--heads", "6", "--kv-heads", "2"], "multiple of num_attention"),
+}
+
+
+@pytest.mark.parametrize("case", TARGETS_NOT_STORABLE)
+def test_targets_the_family_cannot_store_fail_before_writing(
+    tmp_path: Path, capsys, case: str
+) -> None:
+    build, args, message = TARGETS_NOT_STORABLE[case]
+    src = saved(build(), tmp_path / "src")
+    assert run("grow", src, tmp_path / "dst", *args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()
+
+
+def test_mixed_layer_types_cannot_grow_in_depth(tmp_path: Path, capsys) -> None:
+    model = qwen2(use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    src = saved(model, tmp_path / "src")
+    assert run("grow", src, tmp_path / "dst", "--layers", "3") == 2
+    assert "layer_types mixes" in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()
+    assert run("grow", src, tmp_path / "dst", "--ffn", "64") == 0
+
+
+def test_existing_destination_is_refused_and_overwrite_replaces_it(
+    src: Path, tmp_path: Path, capsys
+) -> None:
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    assert run("grow", src, dst, "--ffn", "64") == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (dst / "keep.txt").read_text() == "mine"
+    assert run("grow", src, dst, "--ffn", "64", "--overwrite") == 0
+    assert not (dst / "keep.txt").exists()
+    assert load(dst).config.intermediate_size == 64

@@ -16,6 +16,8 @@ from growformer.expand import LAYER_INITS, PLACEMENTS, WIDTH_INITS, GrowthError,
 from growformer.hf import grow_storable, is_hf_folder, read_folder, write_folder
 from growformer.model import Transformer, model_from_state
 from growformer.model_io import CheckpointError, check_destination, load_model, save_model
+from growformer.shrink.command import add_shrink_command
+from growformer.shrink.target import ShrinkError
 from growformer.train.commands import add_commands
 from growformer.train.config import TrainConfigError
 
@@ -39,7 +41,15 @@ class UsageError(ValueError):
 
 
 # Errors caused by the user's input: printed as one line, exit status 2.
-USER_ERRORS = (ConfigError, GrowthError, CheckpointError, UsageError, TrainConfigError, DataError)
+USER_ERRORS = (
+    ConfigError,
+    GrowthError,
+    CheckpointError,
+    UsageError,
+    TrainConfigError,
+    DataError,
+    ShrinkError,
+)
 
 
 def _add_sizes(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("path", metavar="PATH")
     info.set_defaults(run=_cmd_info)
     add_commands(sub)
+    add_shrink_command(sub)
     return parser
 
 
@@ -241,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         UsageError,
         TrainConfigError,
         DataError,
+        ShrinkError,
     ) as err:
         print(f"growformer {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,144 @@
+"""``shrink_folder``: subclone a model folder into a smaller one, with its report beside it.
+
+The source's weights are read lazily (memory-mapped safetensors), one block at a time while
+calibrating and one tensor at a time while building the child, so peak memory stays near the
+child's size plus one source layer and the calibration activations. Every check (destination,
+source, target, keep-layers) runs before calibration; the child, its report
+(``subclone_report.json``) and the source's tokenizer file are written atomically together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from growformer.config import ModelConfig
+from growformer.data import DEFAULT_DATA
+from growformer.model import Transformer, model_from_state
+from growformer.model_io import (
+    WEIGHTS_FILE,
+    CheckpointError,
+    atomic_directory,
+    check_destination,
+    load_config,
+    save_model,
+)
+from growformer.shrink.blocks import check_keep_layers
+from growformer.shrink.calibration import (
+    CALIB_SEQ_LEN,
+    DEFAULT_CALIB_TOKENS,
+    TOKENIZER_FILE,
+    calibration_batches,
+    folder_encoder,
+)
+from growformer.shrink.importance import measure_importance
+from growformer.shrink.report import REPORT_FILE
+from growformer.shrink.subclone import Subclone, subclone
+from growformer.shrink.target import resolve_shrink_target
+
+
+def shrink_folder(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    target: Mapping[str, int],
+    *,
+    data: str | os.PathLike | None = None,
+    calib_tokens: int = DEFAULT_CALIB_TOKENS,
+    keep_layers: Sequence[int] | None = None,
+    rescale: bool = True,
+    overwrite: bool = False,
+) -> Subclone:
+    """Shrink the growformer folder ``src`` to ``target`` sizes and write it to ``dst``.
+
+    Calibrates on ``calib_tokens`` tokens of ``data`` (default: the default corpus; see
+    ``growformer.shrink.calibration`` for the tokenizer used). Raises, before anything is
+    written: ``CheckpointError`` (missing or unreadable source, existing ``dst`` without
+    ``overwrite``), ``ShrinkError`` (a target larger than the source, bad ``keep_layers``),
+    ``DataError`` (unusable calibration data).
+    """
+    check_destination(dst, overwrite)
+    config = load_config(src)
+    target_config = resolve_shrink_target(config, target)
+    if keep_layers is not None:
+        check_keep_layers(keep_layers, target_config.n_layers, config.n_layers)
+    encode = folder_encoder(src, hugging_face=False)
+    batches = calibration_batches(
+        data,
+        config.vocab_size,
+        encode,
+        tokens=calib_tokens,
+        seq_len=min(CALIB_SEQ_LEN, config.max_seq_len),
+    )
+    with lazy_weights(src, config) as state:
+        importance = measure_importance(config, state, batches)
+        child = subclone(
+            config, state, target, importance, keep_layers=keep_layers, rescale=rescale
+        )
+    child = with_calibration_data(child, data)
+    with atomic_directory(dst, overwrite) as tmp:
+        save_model(model_from_state(child.config, child.state), tmp, overwrite=True)
+        if (Path(src) / TOKENIZER_FILE).is_file():
+            shutil.copy2(Path(src) / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        (tmp / REPORT_FILE).write_text(child.report.to_json())
+    return child
+
+
+def with_calibration_data(child: Subclone, data: str | os.PathLike | None) -> Subclone:
+    """``child`` with the calibration data's name in its report."""
+    name = DEFAULT_DATA if data is None else os.fspath(data)
+    return dataclasses.replace(
+        child, report=dataclasses.replace(child.report, calibration_data=name)
+    )
+
+
+class _LazyWeights(Mapping[str, Tensor]):
+    """The tensors of an open safetensors file, each read when asked for."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.names = list(handle.keys())
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self.names:
+            raise KeyError(name)
+        return self.handle.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@contextmanager
+def lazy_weights(folder: str | os.PathLike, config: ModelConfig) -> Iterator[Mapping[str, Tensor]]:
+    """The weights of a growformer folder, read on demand; names and shapes are checked
+    against ``config`` first (``CheckpointError``)."""
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    with torch.device("meta"):
+        expected = {n: tuple(p.shape) for n, p in Transformer(config).named_parameters()}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {n: tuple(handle.get_slice(n).get_shape()) for n in handle.keys()}  # noqa: SIM118
+            missing = sorted(set(expected) - set(shapes))
+            unexpected = sorted(set(shapes) - set(expected))
+            wrong = sorted(n for n in expected if n in shapes and shapes[n] != expected[n])
+            if missing or unexpected or wrong:
+                raise CheckpointError(
+                    f"{path} does not match config.json: missing {missing}, unexpected "
+                    f"{unexpected}, wrong shape {wrong}"
+                )
+            yield _LazyWeights(handle)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err

@@ -70,7 +70,7 @@ def folder_encoder(folder: str | os.PathLike, hugging_face: bool) -> Encode | No
 def calibration_batches(
     data: str | os.PathLike | None,
     vocab_size: int,
-    encode: Encode | None,
+    encoder: Callable[[], Encode | None],
     *,
     tokens: int = DEFAULT_CALIB_TOKENS,
     seq_len: int = CALIB_SEQ_LEN,
@@ -79,20 +79,21 @@ def calibration_batches(
 ) -> list[Tensor]:
     """About ``tokens`` calibration token ids as int64 batches ``[batch_size, seq_len]``:
     ``ceil(tokens / seq_len)`` windows spread evenly over the text of ``data`` (None: the
-    default corpus's train split), encoded with ``encode`` (None: ``load_dataset``'s tokenizer
-    of ``vocab_size`` ids). Raises ``DataError`` for unusable data, too few tokens, or ids
-    outside the vocabulary."""
+    default corpus's train split), encoded with the encoder ``encoder()`` returns (None:
+    ``load_dataset``'s tokenizer of ``vocab_size`` ids); token files need no encoder. Raises
+    ``DataError`` for unusable data, too few tokens, or ids outside the vocabulary."""
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise DataError(f"calibration tokens must be a positive integer, got {tokens!r}")
     source = DEFAULT_DATA if data is None else os.fspath(data)
     is_bin = not source.startswith(STDLIB_PREFIX) and find_files(source).kind == "tokens"
+    encode = None if is_bin else encoder()
     if encode is None and not is_bin and vocab_size < MIN_VOCAB_SIZE:
         raise DataError(
             f"the model's vocab_size={vocab_size} is too small for the byte-level tokenizer "
             f"that calibration on text needs (vocab_size must be >= {MIN_VOCAB_SIZE}): pass "
             "--data with token ids (.bin) in the model's vocabulary"
         )
-    if encode is None or is_bin:
+    if encode is None:
         dataset = load_dataset(source, vocab_size=vocab_size, seq_len=1, seed=seed)
         if dataset.vocab_size > vocab_size:
             raise DataError(

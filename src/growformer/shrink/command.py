@@ -28,7 +28,11 @@ def add_shrink_command(sub: argparse._SubParsersAction) -> None:
         "of SRC, measured on calibration data, and write the smaller model to DST with "
         "subclone_report.json beside it.",
     )
-    p.add_argument("src", metavar="SRC", help="a growformer model folder")
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="a growformer or Hugging Face (GPT-2, Llama, Qwen2, Mistral, BERT) folder",
+    )
     p.add_argument("dst", metavar="DST")
     for flag, field in SHRINK_FLAGS.items():
         p.add_argument(flag, dest=field, type=int, metavar="N", help=f"target {field}")

@@ -1,8 +1,9 @@
 """``shrink_folder``: subclone a model folder into a smaller one, with its report beside it.
 
-The source's weights are read lazily (memory-mapped safetensors), one block at a time while
-calibrating and one tensor at a time while building the child, so peak memory stays near the
-child's size plus one source layer and the calibration activations. Every check (destination,
+The source's weights are read lazily (memory-mapped safetensors: a growformer folder through
+``lazy_weights``, a Hugging Face one through ``growformer.hf.read_folder``), one block at a time
+while calibrating and one tensor at a time while building the child, so peak memory stays near
+the child's size plus one source layer and the calibration activations. Every check (destination,
 source, target, keep-layers) runs before calibration; the child, its report
 (``subclone_report.json``) and the source's tokenizer file are written atomically together.
 """
@@ -14,6 +15,7 @@ import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from torch import Tensor
 
 from growformer.config import ModelConfig
 from growformer.data import DEFAULT_DATA
+from growformer.hf import Canonical, FormatError, is_hf_folder, read_folder, write_folder
 from growformer.model import Transformer, model_from_state
 from growformer.model_io import (
     WEIGHTS_FILE,
@@ -40,6 +43,7 @@ from growformer.shrink.calibration import (
     calibration_batches,
     folder_encoder,
 )
+from growformer.shrink.hf import subclone_canonical
 from growformer.shrink.importance import measure_importance
 from growformer.shrink.report import REPORT_FILE
 from growformer.shrink.subclone import Subclone, subclone
@@ -57,39 +61,77 @@ def shrink_folder(
     rescale: bool = True,
     overwrite: bool = False,
 ) -> Subclone:
-    """Shrink the growformer folder ``src`` to ``target`` sizes and write it to ``dst``.
+    """Shrink the model folder ``src`` (growformer, or Hugging Face GPT-2, Llama, Qwen2,
+    Mistral or BERT) to ``target`` sizes and write it to ``dst`` in the same format.
 
     Calibrates on ``calib_tokens`` tokens of ``data`` (default: the default corpus; see
     ``growformer.shrink.calibration`` for the tokenizer used). Raises, before anything is
     written: ``CheckpointError`` (missing or unreadable source, existing ``dst`` without
-    ``overwrite``), ``ShrinkError`` (a target larger than the source, bad ``keep_layers``),
-    ``DataError`` (unusable calibration data).
+    ``overwrite``; its ``FormatError`` when the family cannot store the target),
+    ``ShrinkError`` (a target larger than the source, bad ``keep_layers``), ``DataError``
+    (unusable calibration data).
+
+    Example::
+
+        shrink_folder("all-MiniLM-L6-v2", "mini-3x192",
+                      {"n_layers": 3, "hidden": 192, "n_heads": 6, "ffn": 768})
     """
     check_destination(dst, overwrite)
-    config = load_config(src)
+    hugging_face = is_hf_folder(src)
+    canonical = read_folder(src) if hugging_face else None
+    config = canonical.config if canonical is not None else load_config(src)
     target_config = resolve_shrink_target(config, target)
     if keep_layers is not None:
         check_keep_layers(keep_layers, target_config.n_layers, config.n_layers)
-    encode = folder_encoder(src, hugging_face=False)
+    if canonical is not None:
+        _check_storable(canonical, target_config)
     batches = calibration_batches(
         data,
         config.vocab_size,
-        encode,
+        partial(folder_encoder, src, hugging_face),
         tokens=calib_tokens,
         seq_len=min(CALIB_SEQ_LEN, config.max_seq_len),
     )
-    with lazy_weights(src, config) as state:
+    options = {"keep_layers": keep_layers, "rescale": rescale}
+    with _weights(src, config, canonical) as state:
         importance = measure_importance(config, state, batches)
-        child = subclone(
-            config, state, target, importance, keep_layers=keep_layers, rescale=rescale
-        )
+        if canonical is None:
+            child = subclone(config, state, target, importance, **options)
+        else:
+            child_canonical, child = subclone_canonical(canonical, target, importance, **options)
     child = with_calibration_data(child, data)
     with atomic_directory(dst, overwrite) as tmp:
-        save_model(model_from_state(child.config, child.state), tmp, overwrite=True)
-        if (Path(src) / TOKENIZER_FILE).is_file():
-            shutil.copy2(Path(src) / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        if canonical is None:
+            save_model(model_from_state(child.config, child.state), tmp, overwrite=True)
+            if (Path(src) / TOKENIZER_FILE).is_file():
+                shutil.copy2(Path(src) / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        else:
+            write_folder(child_canonical, tmp, like=src, overwrite=True)
         (tmp / REPORT_FILE).write_text(child.report.to_json())
     return child
+
+
+def _check_storable(source: Canonical, target: ModelConfig) -> None:
+    """The family's check, with what it means for a shrink (heads keep their size)."""
+    try:
+        source.family.check_storable(target)
+    except FormatError as err:
+        raise FormatError(
+            f"the target cannot be saved as {source.family.model_type}: {err}. Subcloning keeps "
+            f"the head dims (qk {target.qk_head_dim}, v {target.v_head_dim}), so choose the "
+            "hidden size and heads to fit"
+        ) from err
+
+
+@contextmanager
+def _weights(
+    src: str | os.PathLike, config: ModelConfig, canonical: Canonical | None
+) -> Iterator[Mapping[str, Tensor]]:
+    if canonical is not None:
+        yield canonical.state
+    else:
+        with lazy_weights(src, config) as state:
+            yield state
 
 
 def with_calibration_data(child: Subclone, data: str | os.PathLike | None) -> Subclone:

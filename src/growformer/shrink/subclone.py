@@ -27,11 +27,13 @@ from growformer.shrink.target import resolve_shrink_target
 @dataclass(frozen=True)
 class Subclone:
     """The child: its config and weights, the record (child parameter → source parameter and
-    the kept positions, new → old, with the rescaling as ``value_scale``) and the report."""
+    the kept positions, new → old, with the rescaling as ``value_scale``), the plan it was built
+    from and the report."""
 
     config: ModelConfig
     state: dict[str, Tensor]
     record: ResizeRecord
+    plan: SubclonePlan
     report: SubcloneReport
 
 
@@ -102,7 +104,7 @@ def apply_plan(
     with torch.device("meta"):
         source_params = Transformer(source).num_parameters()
     report = build_report(plan, importance, scale, (source_params, child.num_parameters()))
-    return Subclone(target, new_state, ResizeRecord(record), report)
+    return Subclone(target, new_state, ResizeRecord(record), plan, report)
 
 
 def _source_of(name: str, plan: SubclonePlan) -> tuple[str, dict[int, Tensor | None]]:

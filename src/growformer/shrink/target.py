@@ -31,9 +31,9 @@ def resolve_shrink_target(source: ModelConfig, sizes: Mapping[str, int]) -> Mode
 
     Fields not in ``sizes`` keep the source's value, except ``n_kv_heads``, which by default
     keeps the source's group size (``n_heads / source.group_size`` kv heads), or is the one
-    value allowed (MQA stays MQA). Head dims stay the source's. Raises ``ShrinkError`` for an unknown field, a target larger than the source
-    (pointing to ``growformer grow``), a changed head dim, or a kv-head count that whole kv
-    groups cannot give (listing the allowed values).
+    value allowed (MQA stays MQA). Head dims stay the source's. Raises ``ShrinkError`` for an
+    unknown field, a target larger than the source (pointing to ``growformer grow``), a changed
+    head dim, or a kv-head count that whole kv groups cannot give (listing the allowed values).
     """
     unknown = sorted(set(sizes) - set(SIZE_FIELDS))
     if unknown:

@@ -1,0 +1,65 @@
+"""``growformer shrink`` on Hugging Face decoder folders (tiny GPT-2, Llama, Qwen2): the child
+is written in the source's family, loads with its Auto class, computes what the canonical child
+computes, and keeps whole GQA groups; family limits are checked before anything is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from growformer import hf
+from growformer.cli import main
+from growformer.shrink import REPORT_FILE
+from hf_tiny import VOCAB, gpt2, llama, load, output, qwen2, relative_error, saved, tokens
+
+FAMILIES = {"gpt2": gpt2, "llama": llama, "qwen2": qwen2}
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "calib.bin"
+    np.random.default_rng(0).integers(0, VOCAB, 4000, dtype=np.uint16).tofile(path)
+    return path
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_hf_decoder_shrinks_into_its_own_family(family, tmp_path, token_file, capsys):
+    src = saved(
+        FAMILIES[family](n_layer=3) if family == "gpt2" else FAMILIES[family](num_hidden_layers=3),
+        tmp_path / "src",
+    )
+    dst = tmp_path / "dst"
+    sizes = ["--layers", 2, "--hidden", 24, "--heads", 2, "--ffn", 32]
+    if family == "gpt2":  # GPT-2's head size is hidden/heads: 2 heads of 8 need hidden 16
+        sizes[3] = 16
+    args = ["shrink", src, dst, *sizes, "--data", token_file, "--calib-tokens", 128]
+    assert main([str(a) for a in args]) == 0
+    child = load(dst)
+    assert type(child).__name__ == type(load(src)).__name__
+    report = json.loads((dst / REPORT_FILE).read_text())
+    assert report["layers_kept"][0] == 0 and report["layers_kept"][-1] == 2
+    canonical = hf.read_folder(dst)
+    assert canonical.config.n_layers == 2 and canonical.config.n_heads == 2
+    if family != "gpt2":
+        assert canonical.config.n_kv_heads == 1  # the source's group size 2 is kept
+        assert len(report["layers"][0]["kv_heads"]) == 1
+        group = report["layers"][0]["kv_heads"][0]
+        assert [h // 2 for h in report["layers"][0]["heads"]] == [group, group]
+    ids = tokens()
+    with torch.no_grad():
+        expected = canonical.model()(ids)
+    assert relative_error(expected, output(child, ids)) < 1e-5
+
+
+def test_gpt2_family_limit_is_checked_before_anything_is_written(tmp_path, token_file, capsys):
+    src = saved(gpt2(), tmp_path / "src")
+    dst = tmp_path / "dst"
+    args = ["shrink", src, dst, "--hidden", 24, "--heads", 2, "--data", token_file]
+    assert main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be saved as gpt2" in err and "hidden=24" in err and "keeps the head" in err
+    assert not dst.exists()

@@ -232,17 +232,26 @@ def grow_tensor(old: Tensor, change: DimChange, rng: Rng) -> Tensor:
     return out
 
 
+class Intermediate(dict):
+    """The weights between two steps of a composed growth, which no one else holds: an
+    expansion releases each tensor once it has grown it, so peak memory stays near the size of
+    the result rather than twice it."""
+
+
 def apply_changes(
     state: Mapping[str, Tensor], changes: Mapping[str, DimChange], rng: Rng
 ) -> tuple[dict[str, Tensor], ResizeRecord]:
-    """Grow the tensors named in ``changes``; pass the others through by reference."""
+    """Grow the tensors named in ``changes``; pass the others through by reference. An
+    ``Intermediate`` state is emptied as it is read."""
     unknown = sorted(set(changes) - set(state))
     if unknown:
         raise KeyError(f"expansion refers to missing weights {unknown}")
     new_state: dict[str, Tensor] = {}
     record: dict[str, ParamResize] = {}
+    consume = isinstance(state, Intermediate)
     with rng.batched():
-        for name, tensor in state.items():
+        for name in list(state):
+            tensor = state.pop(name) if consume else state[name]
             change = changes.get(name)
             if change is None:
                 new_state[name] = tensor

@@ -13,6 +13,7 @@ from growformer.expand._ops import (
     WIDTH_INITS,
     Expansion,
     GrowthError,
+    Intermediate,
     check_choice,
     check_not_smaller,
 )
@@ -153,11 +154,12 @@ def expand_state(
             approximate=o.approximate,
         )
         current = _then(current, layers)
-    return current
+    return Expansion(current.config, dict(current.state), current.record)
 
 
 def _then(current: Expansion, later: Expansion) -> Expansion:
-    return Expansion(later.config, later.state, current.record.then(later.record))
+    """Compose; the weights become an ``Intermediate`` that the next step may release."""
+    return Expansion(later.config, Intermediate(later.state), current.record.then(later.record))
 
 
 def grow(

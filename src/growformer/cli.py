@@ -169,7 +169,7 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     print(f"parameters {source.num_parameters():,} → {grown.num_parameters():,}")
     if args.check or args.approximate:
         diff = _difference(source, grown)
-        label = "check" if args.check else "approximate: deviation"
+        label = "check" if args.check else "approximate growth"
         print(f"{label}: max_abs_diff={diff.max_abs_diff:.3e} (max |logit| {diff.scale:.3g})")
         if args.check and not diff.within(args.tol):
             print(
@@ -224,9 +224,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if is_hf_folder(args.path):
         canonical = read_folder(args.path)
         family = canonical.family
-        print(
-            f"format: {family.model_type} ({canonical.source.architecture or family.architecture})"
-        )
+        print(f"format: {family.model_type} ({canonical.source.architecture})")
         print(f"dtype: {str(canonical.state['tok_emb.weight'].dtype).removeprefix('torch.')}")
         model = canonical.model()
         if canonical.extras:

@@ -110,7 +110,6 @@ def _relative(name: str, prefix: str) -> str:
 class Bert(Family):
     model_type = "bert"
     architecture = "BertModel"
-    auto_class = "AutoModel"
     base_prefix = "bert."
     layer_prefix = "encoder.layer."
     embedding = "embeddings.word_embeddings.weight"

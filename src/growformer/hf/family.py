@@ -84,9 +84,9 @@ class Source:
     kept: Mapping[str, Tensor] = field(default_factory=dict)
 
     @property
-    def architecture(self) -> str | None:
-        """The transformers class that saved the source, when its config names one."""
-        names = self.hf_config.get("architectures") or [None]
+    def architecture(self) -> str:
+        """The transformers class of the source: the one its config names, else the family's."""
+        names = self.hf_config.get("architectures") or [self.family.architecture]
         return names[0]
 
 
@@ -144,7 +144,6 @@ class Family:
 
     model_type: ClassVar[str]
     architecture: ClassVar[str]  # the model class when a config names none
-    auto_class: ClassVar[str]  # the transformers Auto class that loads a folder of it
     base_prefix: ClassVar[str]  # the base model's prefix in head-model checkpoints
     layer_prefix: ClassVar[str]  # per-layer names start with f"{layer_prefix}{i}."
     top: ClassVar[dict[str, Rule]]

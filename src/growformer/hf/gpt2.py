@@ -74,7 +74,6 @@ QKV = ("attn.q", "attn.k", "attn.v")
 class GPT2(Family):
     model_type = "gpt2"
     architecture = "GPT2LMHeadModel"
-    auto_class = "AutoModelForCausalLM"
     base_prefix = "transformer."
     layer_prefix = "h."
     embedding = "wte.weight"

@@ -89,7 +89,6 @@ def rope_theta(hf: Mapping[str, Any], family: str) -> float:
 class LlamaStyle(Family):
     """The shared tables and config mapping; subclasses set the bias layout."""
 
-    auto_class = "AutoModelForCausalLM"
     base_prefix = "model."
     layer_prefix = "layers."
     embedding = "embed_tokens.weight"

@@ -65,7 +65,7 @@ def from_canonical(
     if model_class is None:
         import transformers
 
-        name = canonical.source.architecture or family.architecture
+        name = canonical.source.architecture
         model_class = getattr(transformers, name, None)
         if model_class is None:
             raise FormatError(f"transformers has no model class {name!r} (config architectures)")

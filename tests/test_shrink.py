@@ -15,6 +15,7 @@ import torch
 from conftest import POST_NORM, VARIANTS, assert_same_function, make_model, tokens_for
 from growformer import GrowthOptions, ModelConfig, Transformer, grow, model_from_state
 from growformer.cli import main
+from growformer.data.cache import CACHE_ENV
 from growformer.model_io import load_model, save_model
 from growformer.shrink import (
     REPORT_FILE,
@@ -317,3 +318,19 @@ def test_cli_refuses_missing_source_and_existing_destination(folder, token_file,
     assert run("shrink", folder, dst, "--ffn", 8, "--data", token_file) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert [p.name for p in dst.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.slow
+def test_cli_calibrates_on_the_default_corpus_in_the_models_vocabulary(
+    tmp_path, capsys, monkeypatch
+):
+    """Without --data a growformer folder calibrates on the default corpus, tokenized by the
+    tokenizer ``growformer train`` builds for its vocabulary size (here 300 ids)."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    src = tmp_path / "parent"
+    save_model(make_model(VARIANTS["llama_mha"].replace(vocab_size=300), torch.float32), src)
+    dst = tmp_path / "child"
+    assert run("shrink", src, dst, "--hidden", 16, "--calib-tokens", 512) == 0
+    report = json.loads((dst / REPORT_FILE).read_text())
+    assert report["calibration_data"] == "stdlib:prose" and report["calibration_tokens"] == 512
+    assert load_model(dst).config.hidden == 16

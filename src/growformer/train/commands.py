@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -95,10 +96,11 @@ def run_training(
         resume=resume,
         progress=progress,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DATA_FILE).write_text(json.dumps(data_record) + "\n")
-    if dataset.tokenizer is not None:
-        dataset.tokenizer.save(out / TOKENIZER_FILE)
+    if trainer.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DATA_FILE).write_text(json.dumps(data_record) + "\n")
+        if dataset.tokenizer is not None:
+            dataset.tokenizer.save(out / TOKENIZER_FILE)
     return trainer.run()
 
 
@@ -106,6 +108,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     spec = _spec(args)
     out = Path(args.out or f"runs/{spec.schedule.name}")
     result = run_training(spec, out, resume=args.resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(
         f"{spec.schedule.name}: {result.steps} steps, {result.train_time:.1f} s, "
         f"{result.flops:.3g} FLOPs, final val loss {result.final_val_loss:.4f} → {out}"

@@ -334,3 +334,31 @@ def test_cli_calibrates_on_the_default_corpus_in_the_models_vocabulary(
     report = json.loads((dst / REPORT_FILE).read_text())
     assert report["calibration_data"] == "stdlib:prose" and report["calibration_tokens"] == 512
     assert load_model(dst).config.hidden == 16
+
+
+class CountingState(dict):
+    """A state that records every read, in order (as a lazy on-disk state would load)."""
+
+    def __init__(self, state):
+        super().__init__(state)
+        self.reads: list[str] = []
+
+    def __getitem__(self, name):
+        self.reads.append(name)
+        return super().__getitem__(name)
+
+
+def test_weights_are_read_once_layer_by_layer():
+    """Calibration reads each weight once, block after block, and building the child reads
+    each kept source weight once: a lazy state never needs the whole parent in memory."""
+    model = make_model(VARIANTS["gpt2_all_bias"].replace(n_layers=3))
+    state = CountingState(model.state_dict())
+    importance = measure_importance(model.config, state, calibration(model.config))
+    layers = [int(n.split(".")[1]) for n in state.reads if n.startswith("layers.")]
+    assert layers == sorted(layers)
+    assert len(set(state.reads)) == len(state.reads) - 1  # tok_emb: dtype probe, then load
+    assert not any(n.startswith(("final_norm", "lm_head")) for n in state.reads)
+    state.reads.clear()
+    child = subclone(model.config, state, {"n_layers": 2}, importance)
+    assert sorted(state.reads) == sorted({r.source for r in child.record.params.values()})
+    assert len(set(state.reads)) == len(state.reads)

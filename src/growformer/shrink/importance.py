@@ -94,11 +94,13 @@ def measure_importance(
         _check_batch(config, tokens)
     embedding = state["tok_emb.weight"]
     dtype = torch.float64 if embedding.dtype == torch.float64 else torch.float32
+    device = embedding.device
+    del embedding  # a lazy state reads each tensor when asked: hold none longer than needed
     with torch.device("meta"):
         model = Transformer(config)
     model.eval()
     norm_sq: dict[str, Tensor] = {}
-    inputs = _embed(model, state, batches, dtype, embedding.device, norm_sq)
+    inputs = _embed(model, state, batches, dtype, device, norm_sq)
     n_tokens = sum(t.numel() for t in batches)
     hidden = sum(_abs_sum(x) for x, _ in inputs)
     heads = torch.zeros(config.n_layers, config.n_heads, dtype=torch.float64)
@@ -176,11 +178,11 @@ def _embed(
 ) -> list[tuple[Tensor, tuple[Tensor, Tensor] | None]]:
     """The first block's inputs ``(x, rope)`` for every batch, computed by the model's own
     ``hidden_states`` (stopped by a hook at the first block), with only the embedding-side
-    weights loaded; a post-norm ``emb_norm`` adds its statistics to ``norm_sq``."""
-    for name in ("tok_emb", "pos_emb", "emb_norm"):
-        module = getattr(model, name)
-        if module is not None:
-            _load(module, state, f"{name}.", dtype)
+    weights loaded (and released after); a post-norm ``emb_norm`` adds its statistics to
+    ``norm_sq``."""
+    names = [n for n in ("tok_emb", "pos_emb", "emb_norm") if getattr(model, n) is not None]
+    for name in names:
+        _load(getattr(model, name), state, f"{name}.", dtype)
 
     def stop(module: nn.Module, args: tuple) -> None:
         raise _Embedded(args)
@@ -198,6 +200,8 @@ def _embed(
     finally:
         for handle in handles:
             handle.remove()
+        for name in names:
+            getattr(model, name).to_empty(device="meta")
     return inputs
 
 

@@ -20,6 +20,7 @@ Parameter names (the contract every expansion and adapter relies on)::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -173,8 +174,12 @@ class Transformer(nn.Module):
     def output_embedding(self) -> Tensor:
         return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
 
-    def hidden_states(self, tokens: Tensor) -> Tensor:
-        """The residual stream after the last block and the final norm: [B, T, hidden]."""
+    def hidden_states(self, tokens: Tensor, layer_order: Sequence[int] | None = None) -> Tensor:
+        """The residual stream after the last block and the final norm: [B, T, hidden].
+
+        ``layer_order``: the blocks to run, by index; repeats share weights (Apollo's deeper
+        effective models). Default: every block once, in order.
+        """
         c = self.config
         t = tokens.shape[1]
         if t > c.max_seq_len:
@@ -187,14 +192,14 @@ class Transformer(nn.Module):
         rope = None
         if c.position == "rope":
             rope = rope_cos_sin(t, c.qk_head_dim, c.rope_theta, x.dtype, x.device)
-        for layer in self.layers:
-            x = layer(x, rope)
+        for index in range(len(self.layers)) if layer_order is None else layer_order:
+            x = self.layers[index](x, rope)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        return F.linear(self.hidden_states(tokens), self.output_embedding)
+    def forward(self, tokens: Tensor, layer_order: Sequence[int] | None = None) -> Tensor:
+        return F.linear(self.hidden_states(tokens, layer_order), self.output_embedding)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -4,8 +4,8 @@ A ``Schedule`` says what model a run starts from (size fields smaller than the t
 shorter training sequence if wanted) and at which steps it grows, how (exact expansions, or
 depth by copying whole layers: ``stack``, ``midas``, ``interpolate``) and to what size. Named
 schedules build one from the target config and the step budget: ``scratch``, ``compound``,
-``stack``, ``midas``, ``exact``. ``Schedule.plan`` validates it against the target before
-training starts.
+``stack``, ``midas``, ``exact``, ``apollo``. ``Schedule.plan`` validates it against the target
+before training starts.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import Any
 
 from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
 from growformer.expand import STACK_METHODS, GrowthError, GrowthOptions, layer_order
+from growformer.train.apollo import stage_depths
 from growformer.train.config import STATE_POLICIES, TrainConfig, TrainConfigError
 
 GROWTH_METHODS = ("exact", *STACK_METHODS)
-SCHEDULES = ("scratch", "compound", "stack", "midas", "exact")
+SCHEDULES = ("scratch", "compound", "stack", "midas", "exact", "apollo")
+DEPTH_SAMPLING = (None, "lvps")
 
 
 @dataclass(frozen=True)
@@ -80,13 +82,21 @@ class Stage:
 
 @dataclass(frozen=True)
 class Schedule:
-    """A run's starting size (``start``: size overrides of the target, ``start_seq_len``) and
-    its growth events in step order."""
+    """A run's starting size (``start``: size overrides of the target, ``start_seq_len``), its
+    growth events in step order, and ``depth_sampling``: None, or ``"lvps"`` for Apollo's
+    weight-shared deeper forward passes while the model is shallower than the target."""
 
     name: str = "scratch"
     start: Mapping[str, int] = field(default_factory=dict)
     start_seq_len: int | None = None
     events: tuple[GrowthEvent, ...] = ()
+    depth_sampling: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.depth_sampling not in DEPTH_SAMPLING:
+            raise TrainConfigError(
+                f"depth_sampling must be one of {DEPTH_SAMPLING}; got {self.depth_sampling!r}"
+            )
 
     def plan(self, target: ModelConfig, train: TrainConfig) -> list[Stage]:
         """The stages of a run that must end at ``target`` trained on ``train.seq_len``.
@@ -162,6 +172,7 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
         "name": schedule.name,
         "start": dict(schedule.start),
         "start_seq_len": schedule.start_seq_len,
+        "depth_sampling": schedule.depth_sampling,
         "events": [
             {
                 **{k: v for k, v in asdict(e).items() if k != "options"},
@@ -303,12 +314,41 @@ def exact_schedule(
     return Schedule("exact", start, None, (event,))
 
 
+def apollo_schedule(
+    target: ModelConfig,
+    train: TrainConfig,
+    *,
+    boundaries: tuple[float, ...] = (0.05, 0.10, 0.25),
+) -> Schedule:
+    """Apollo: distinct layers 1 → 3 → 6 → 12 (scaled to the target's depth), expanded by
+    interpolation at ``boundaries`` (fractions of the steps; the last stage takes the rest),
+    LVPS depth sampling with weight sharing while shallower than the target. One learning-rate
+    schedule, the optimizer state carried through each expansion."""
+    depths = stage_depths(target.n_layers)
+    if len(boundaries) < len(depths) - 1:
+        raise TrainConfigError(
+            f"apollo: {len(depths)} stages ({depths}) need {len(depths) - 1} boundaries, "
+            f"got {list(boundaries)}"
+        )
+    points = boundaries[len(boundaries) - (len(depths) - 1) :]
+    events = tuple(
+        GrowthEvent(
+            step=_at(point, train.steps, "apollo: boundary"),
+            sizes={"n_layers": depth},
+            method="interpolate",
+        )
+        for point, depth in zip(points, depths[1:], strict=True)
+    )
+    return Schedule("apollo", {"n_layers": depths[0]}, None, events, depth_sampling="lvps")
+
+
 BUILDERS = {
     "scratch": scratch_schedule,
     "compound": compound_schedule,
     "stack": stack_schedule,
     "midas": midas_schedule,
     "exact": exact_schedule,
+    "apollo": apollo_schedule,
 }
 
 

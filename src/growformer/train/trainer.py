@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from growformer.config import ModelConfig
 from growformer.model import Transformer
+from growformer.train.apollo import sample_depth, sharing_order
 from growformer.train.checkpoint import (
     RunPosition,
     latest_checkpoint,
@@ -40,6 +42,9 @@ from growformer.train.growth import apply_event_
 from growformer.train.lr import lr_at
 from growformer.train.metrics import MetricsLog
 from growformer.train.schedule import Schedule, Stage, schedule_to_dict
+
+# Seeds the per-step depth draws apart from any other use of (seed, step).
+DEPTH_STREAM = 0x4150
 
 
 class TokenBatches(Protocol):
@@ -173,9 +178,8 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 tokens = train.tokens_per_step
                 self.position.tokens += tokens
-                self.position.flops += tokens * train_flops_per_token(
-                    self.model.config, stage.seq_len
-                )
+                effective = self.model.config.replace(n_layers=self.effective_layers)
+                self.position.flops += tokens * train_flops_per_token(effective, stage.seq_len)
                 self.position.train_time += elapsed
                 self.position.step += 1
                 done = self.position.step
@@ -219,6 +223,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, train, self.position.rewarm_from, self.position.rewarm_steps)
         inputs, targets = self._rank_rows(step, seq_len)
+        order = self.layer_order(step)
+        self.effective_layers = self.model.config.n_layers if order is None else len(order)
         micro = inputs.shape[0] // train.grad_accum
         total = torch.zeros((), device=self.device)
         self.wrapped.train()
@@ -227,7 +233,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last or self.world == 1 else self.wrapped.no_sync()
             with sync:
                 rows = slice(i * micro, (i + 1) * micro)
-                loss = self._loss(self.wrapped, inputs[rows], targets[rows])
+                loss = self._loss(self.wrapped, inputs[rows], targets[rows], order)
                 (loss / train.grad_accum).backward()
             total += loss.detach() / train.grad_accum
         if train.grad_clip > 0:
@@ -245,9 +251,25 @@ class Trainer:
         mine = slice(self.rank * rows, (self.rank + 1) * rows)
         return inputs[mine].to(self.device), targets[mine].to(self.device)
 
-    def _loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+    def layer_order(self, step: int) -> list[int] | None:
+        """The blocks the training forward pass of ``step`` runs: None (all, once) unless the
+        schedule samples depth (Apollo's LVPS, drawn from ``(seed, step)`` so a resumed run
+        draws the same) while the model is shallower than the target."""
+        n_distinct, n_max = self.model.config.n_layers, self.target.n_layers
+        if self.schedule.depth_sampling is None or n_distinct == n_max:
+            return None
+        rng = np.random.Generator(np.random.PCG64([self.train.seed, step, DEPTH_STREAM]))
+        return sharing_order(n_distinct, sample_depth(n_distinct, n_max, rng))
+
+    def _loss(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        targets: Tensor,
+        layer_order: list[int] | None = None,
+    ) -> Tensor:
         with self._autocast():
-            logits = model(inputs)
+            logits = model(inputs) if layer_order is None else model(inputs, layer_order)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
     def _autocast(self) -> contextlib.AbstractContextManager:

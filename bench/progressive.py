@@ -7,7 +7,7 @@ reach the scratch run's final validation loss, and the speed-ups: scratch's time
 that. Runs go one after another in this process; ``--repeats 2`` runs the whole set twice and
 reports each repeat, since same-seed runs differ in wall time by a few percent.
 
-    python bench/progressive.py [--preset small] [--schedules scratch,compound,stack,midas]
+    python bench/progressive.py [--preset small] [--schedules scratch,compound,stack,midas,apollo]
                                 [--steps N] [--data stdlib:prose] [--out runs/bench]
 """
 
@@ -26,7 +26,7 @@ from growformer.train.trainer import Trainer
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--schedules", default="scratch,compound,stack,midas")
+    parser.add_argument("--schedules", default="scratch,compound,stack,midas,apollo")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default="runs/bench")

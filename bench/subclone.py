@@ -12,7 +12,13 @@ evaluation, the random child's final loss (how much sooner subcloning gets there
     python bench/subclone.py [--parent-steps 600] [--child-steps 600] [--data stdlib:prose]
                              [--no-rescale] [--seed 0] [--threads 1]
 
-Default run: about 8 minutes on a shared 2-core CPU. It runs torch on one thread: measured on
+Measured (default run: parent 6 layers, hidden 128, 600 steps of 8 x 128 tokens, val loss 4.34;
+child 3 layers, hidden 64, 2 heads, FFN 256, kept layers 0, 1, 5; 600 side-by-side steps): the
+subcloned child starts at 5.27 (a random init near ln 2048 = 7.62) and reaches the random child's
+final loss 4.8x sooner in steps (5.5x in time) with seed 0, 3.0x (3.1x) with seed 1; without
+rescaling 4.0x (start 5.49). Random never reaches the subcloned child's final loss in 600 steps.
+
+Default run: about 5 to 8 minutes on a shared 2-core CPU. It runs torch on one thread: measured on
 such a machine, a child's step took 0.15 s on one thread and 3.6 s on two while another
 process held a core (OpenMP threads spin-waiting on each other).
 """
@@ -98,6 +104,7 @@ def train_side_by_side(
         curves[name].steps.append(0)
         curves[name].losses.append(val_loss(model, data))
         curves[name].times.append(0.0)
+    print("step     0  " + "  ".join(f"{n} {curves[n].losses[0]:.3f}" for n in children))
     for step in range(train.steps):
         inputs, targets = data.train.batch_at(step, train.batch_size, train.seq_len)
         for name, model in children.items():

@@ -243,15 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (
-        ConfigError,
-        GrowthError,
-        CheckpointError,
-        UsageError,
-        TrainConfigError,
-        DataError,
-        ShrinkError,
-    ) as err:
+    except USER_ERRORS as err:
         print(f"growformer {args.command}: error: {err}", file=sys.stderr)
         return 2
 

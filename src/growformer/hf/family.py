@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -135,7 +136,7 @@ class Canonical:
         return dataclasses.replace(self, config=model.config, state=state, extras=extras)
 
 
-class Family:
+class Family(ABC):
     """One Hugging Face model family: its rename tables and the config mapping.
 
     Subclasses set the class attributes and implement ``config_from_hf``, ``check_storable``
@@ -155,18 +156,18 @@ class Family:
 
     # -- config ---------------------------------------------------------------------------------
 
+    @abstractmethod
     def config_from_hf(self, hf: Mapping[str, Any]) -> ModelConfig:
         """The canonical config; ``FormatError`` names a setting the canonical model lacks."""
-        raise NotImplementedError
 
+    @abstractmethod
     def check_storable(self, config: ModelConfig) -> None:
         """Raise ``FormatError`` when the family's config cannot describe ``config``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def config_to_hf(self, config: ModelConfig, source: Mapping[str, Any]) -> dict:
         """``source`` (the source's config.json dict) updated to describe ``config`` (after
         ``check_storable``). Sizes are Python ints, eps Python floats."""
-        raise NotImplementedError
 
     def ties(self, hf: Mapping[str, Any], prefix: str) -> dict[str, str]:
         """Tied names: duplicate → the name of the tensor it is tied to."""

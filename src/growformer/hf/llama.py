@@ -20,6 +20,7 @@ attends to the full context, so it equals the family's forward for sequences up 
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -97,9 +98,9 @@ class LlamaStyle(Family):
     head = renames({"lm_head.weight": "lm_head.weight"})
     ignored = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
+    @abstractmethod
     def biases(self, hf: Mapping[str, Any]) -> dict[str, bool]:
         """``attn_bias``, ``attn_out_bias`` and ``mlp_bias`` of a config."""
-        raise NotImplementedError
 
     def config_from_hf(self, hf: Mapping[str, Any]) -> ModelConfig:
         name = self.model_type

@@ -22,13 +22,14 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path
         run_dir = Path(run_dir)
         if not (run_dir / "metrics.csv").is_file():
             raise FileNotFoundError(f"{run_dir} has no metrics.csv: not a growformer run folder")
-        rows = [r for r in read_metrics(run_dir) if r["val_loss"]]
+        logged = read_metrics(run_dir)
+        rows = [r for r in logged if r["val_loss"]]
         events = {e["step"] for e in read_events(run_dir)}
         for ax, key in zip(axes, ("time", "flops"), strict=True):
             xs = [float(r[key]) for r in rows]
             ys = [float(r["val_loss"]) for r in rows]
             (line,) = ax.plot(xs, ys, label=run_dir.name)
-            for x in _event_positions(read_metrics(run_dir), events, key):
+            for x in _event_positions(logged, events, key):
                 ax.axvline(x, color=line.get_color(), linestyle=":", alpha=0.8)
     axes[0].set_xlabel("training time (s)")
     axes[1].set_xlabel("training FLOPs")

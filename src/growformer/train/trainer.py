@@ -120,14 +120,14 @@ class Trainer:
                 )
         self.device = torch.device(device or _default_device(self.rank))
         self.progress = progress and self.rank == 0
-        self.resume = resume
-        if resume and latest_checkpoint(self.run_dir) is None:
+        self.checkpoint = latest_checkpoint(self.run_dir) if resume else None
+        if resume and self.checkpoint is None:
             raise TrainConfigError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
 
     # -- setup -------------------------------------------------------------------------------
 
     def _start(self) -> None:
-        checkpoint = latest_checkpoint(self.run_dir) if self.resume else None
+        checkpoint = self.checkpoint
         if checkpoint is None:
             torch.manual_seed(self.train.seed)
             self.model = Transformer(self.stages[0].config)

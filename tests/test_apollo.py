@@ -87,7 +87,7 @@ def test_apollo_run_interpolates_at_each_stage_and_logs_the_jump(tmp_path):
     schedule = named_schedule("apollo", TARGET, train)
     assert [e.sizes["n_layers"] for e in schedule.events] == [2, 4]
     trainer = Trainer(TARGET, train, schedule, TRAIN_DATA, VAL_DATA, tmp_path / "a", progress=False)
-    trainer._start()
+    trainer.start()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     assert trainer.layer_order(0) == trainer.layer_order(0)
     depths = {len(trainer.layer_order(step)) for step in range(200)}

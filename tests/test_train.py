@@ -81,35 +81,24 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, stop_at):
     first = Trainer(
         TARGET, partial, schedule, TRAIN_DATA, VAL_DATA, tmp_path / "cut", progress=False
     )
-    first._start()
+    first.start()
     for _ in range(stop_at):
-        _one_step(first)
+        first.step()
     first.save()
-    _one_step(first)  # a step after the checkpoint that the resumed run must redo
+    first.step()  # a step after the checkpoint that the resumed run must redo
     resumed = run(tmp_path, schedule, train=partial, name="cut", resume=True)
     assert losses(full.run_dir) == losses(resumed.run_dir)
     assert resumed.final_val_loss == full.final_val_loss
     assert latest_checkpoint(resumed.run_dir).name == f"step_{TRAIN.steps:07d}"
 
 
-def _one_step(trainer: Trainer) -> None:
-    """Advance a started trainer by one step the way ``run`` does (logging included)."""
-    step = trainer.position.step
-    stage = trainer._stage_at(step)
-    if stage.index > trainer.position.stage:
-        trainer._grow(stage, step)
-    loss = trainer._train_step(step, stage.seq_len)
-    trainer.position.step += 1
-    trainer._log_row(loss, None, stage)
-
-
 def test_reset_policy_drops_the_optimizer_state(tmp_path):
     event = GrowthEvent(step=3, sizes={"ffn": 128}, state_policy="reset", rewarm_steps=2)
     schedule = Schedule("exact", {"ffn": 64}, None, (event,))
     trainer = Trainer(TARGET, TRAIN, schedule, TRAIN_DATA, VAL_DATA, tmp_path / "r", progress=False)
-    trainer._start()
+    trainer.start()
     for _ in range(3):
-        _one_step(trainer)
+        trainer.step()
     assert trainer.optimizer.state
     stage = trainer._stage_at(3)
     trainer._grow(stage, 3)

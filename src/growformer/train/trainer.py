@@ -126,7 +126,9 @@ class Trainer:
 
     # -- setup -------------------------------------------------------------------------------
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Build (or, resuming, load) the model and optimizer and open the run's logs; ``run``
+        calls it, a caller that drives ``step`` itself calls it first."""
         checkpoint = self.checkpoint
         if checkpoint is None:
             torch.manual_seed(self.train.seed)
@@ -158,7 +160,7 @@ class Trainer:
 
     def run(self) -> RunResult:
         """Train to ``train.steps``; returns the final validation loss and totals."""
-        self._start()
+        self.start()
         train = self.train
         bar = tqdm(
             total=train.steps,
@@ -166,32 +168,18 @@ class Trainer:
             disable=not self.progress,
             dynamic_ncols=True,
         )
-        val_loss = math.nan
+        self.val_loss = math.nan
         try:
             while self.position.step < train.steps:
-                step = self.position.step
-                stage = self._stage_at(step)
-                if stage.index > self.position.stage:
-                    self._grow(stage, step)
-                started = time.perf_counter()
-                loss = self._train_step(step, stage.seq_len)
-                elapsed = time.perf_counter() - started
-                tokens = train.tokens_per_step
-                self.position.tokens += tokens
-                effective = self.model.config.replace(n_layers=self.effective_layers)
-                self.position.flops += tokens * train_flops_per_token(effective, stage.seq_len)
-                self.position.train_time += elapsed
-                self.position.step += 1
-                done = self.position.step
-                is_eval = done % train.eval_every == 0 or done == train.steps
-                if is_eval:
-                    val_loss = self.evaluate()
-                if self.rank == 0 and (is_eval or done % max(1, train.log_every) == 0):
-                    self._log_row(loss, val_loss if is_eval else None, stage)
+                loss = self.step()
+                stage = self._stage_at(self.position.step - 1)
                 bar.update(1)
                 bar.set_postfix(
-                    loss=f"{loss:.3f}", stage=stage.index, tok_s=f"{tokens / elapsed:,.0f}"
+                    loss=f"{loss:.3f}",
+                    stage=stage.index,
+                    tok_s=f"{train.tokens_per_step / self.step_seconds:,.0f}",
                 )
+                done = self.position.step
                 if (
                     train.checkpoint_every and done % train.checkpoint_every == 0
                 ) or done == train.steps:
@@ -202,13 +190,37 @@ class Trainer:
                 self.log.close()
         return RunResult(
             self.run_dir,
-            val_loss,
+            self.val_loss,
             self.position.step,
             self.position.tokens,
             self.position.flops,
             self.position.train_time,
             self.model.config,
         )
+
+    def step(self) -> float:
+        """One step of a started run: grow first if a stage begins here, train, count tokens,
+        FLOPs and time, evaluate and log at their cadence. Returns the step's training loss."""
+        train, step = self.train, self.position.step
+        stage = self._stage_at(step)
+        if stage.index > self.position.stage:
+            self._grow(stage, step)
+        started = time.perf_counter()
+        loss = self._train_step(step, stage.seq_len)
+        self.step_seconds = time.perf_counter() - started
+        tokens = train.tokens_per_step
+        self.position.tokens += tokens
+        effective = self.model.config.replace(n_layers=self.effective_layers)
+        self.position.flops += tokens * train_flops_per_token(effective, stage.seq_len)
+        self.position.train_time += self.step_seconds
+        self.position.step += 1
+        done = self.position.step
+        is_eval = done % train.eval_every == 0 or done == train.steps
+        if is_eval:
+            self.val_loss = self.evaluate()
+        if self.rank == 0 and (is_eval or done % max(1, train.log_every) == 0):
+            self._log_row(loss, self.val_loss if is_eval else None, stage)
+        return loss
 
     def rows(self, seq_len: int) -> int:
         """Sequences per step at ``seq_len``: a stage of shorter sequences takes more of them,

@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from growformer.data import load_dataset
+from growformer.train.commands import load_run_data, run_training
 from growformer.train.plot import plot_runs
 from growformer.train.report import speedup_table, summarize
 from growformer.train.run_config import run_spec
-from growformer.train.trainer import Trainer
 
 
 def main() -> None:
@@ -36,11 +35,11 @@ def main() -> None:
     if names[0] != "scratch":
         raise SystemExit("--schedules must start with scratch (the baseline)")
     train = {"steps": args.steps} if args.steps else {}
-    specs = {name: run_spec(args.preset, train=train, schedule=name) for name in names}
+    specs = {
+        name: run_spec(args.preset, train=train, schedule=name, data=args.data) for name in names
+    }
     first = specs["scratch"]
-    dataset = load_dataset(
-        args.data, vocab_size=first.vocab_size, seq_len=first.train.seq_len, seed=first.train.seed
-    )
+    dataset = load_run_data(first)
     tokens = first.train.steps * first.train.tokens_per_step
     print(f"data: {dataset.describe()}")
     print(
@@ -50,16 +49,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         out = Path(args.out) / f"repeat{repeat}"
         for name, spec in specs.items():
-            target = spec.target.replace(vocab_size=dataset.vocab_size)
-            Trainer(
-                target,
-                spec.train,
-                spec.schedule,
-                dataset.train,
-                dataset.val,
-                out / name,
-                progress=False,
-            ).run()
+            run_training(spec, out / name, dataset=dataset, progress=False)
         summaries = [summarize(out / name) for name in names]
         print(f"\nrepeat {repeat + 1}:")
         print(speedup_table(summaries[0], summaries[1:]))

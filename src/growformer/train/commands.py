@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from growformer.data import load_dataset
+from growformer.data import Dataset, load_dataset
 from growformer.train.config import PRESETS, TrainConfigError
 from growformer.train.generate import sample
 from growformer.train.plot import plot_runs
@@ -21,6 +21,7 @@ from growformer.train.trainer import RunResult, Trainer
 
 TOKENIZER_FILE = "tokenizer.json"
 DATA_FILE = "data.json"
+DEMO_SCHEDULES = ("scratch", "compound")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -68,15 +69,26 @@ def _spec(args: argparse.Namespace) -> RunSpec:
     )
 
 
-def run_training(
-    spec: RunSpec, out: str | Path, *, resume: bool = False, progress: bool = True
-) -> RunResult:
-    """Load the data of ``spec``, then train into ``out``, which also gets the tokenizer and
-    ``data.json`` (the data's fingerprint: a resumed run must see the same tokens)."""
-    out = Path(out)
-    dataset = load_dataset(
+def load_run_data(spec: RunSpec) -> Dataset:
+    """The data of ``spec``, tokenized and validated for its sequence length and seed."""
+    return load_dataset(
         spec.data, vocab_size=spec.vocab_size, seq_len=spec.train.seq_len, seed=spec.train.seed
     )
+
+
+def run_training(
+    spec: RunSpec,
+    out: str | Path,
+    *,
+    dataset: Dataset | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Train ``spec`` into ``out`` on ``dataset`` (default: ``load_run_data(spec)``); ``out``
+    also gets the tokenizer and ``data.json`` (the data's fingerprint: a resumed run must see
+    the same tokens)."""
+    out = Path(out)
+    dataset = dataset or load_run_data(spec)
     data_record = {"source": dataset.source, "fingerprint": dataset.fingerprint}
     if resume and (out / DATA_FILE).is_file():
         recorded = json.loads((out / DATA_FILE).read_text())
@@ -119,17 +131,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    train = {"steps": args.steps} if args.steps else None
+    specs = {name: run_spec(args.preset, train=train, schedule=name) for name in DEMO_SCHEDULES}
+    dataset = load_run_data(specs["scratch"])
     summaries = []
-    for name in ("scratch", "compound"):
-        train = {"steps": args.steps} if args.steps else None
-        spec = run_spec(args.preset, train=train, schedule=name)
+    for name, spec in specs.items():
         if (out / name).exists():
             shutil.rmtree(out / name)
         print(f"== {name} ==")
-        run_training(spec, out / name)
+        run_training(spec, out / name, dataset=dataset)
         summaries.append(summarize(out / name))
     table = speedup_table(summaries[0], summaries[1:])
-    plot = plot_runs([out / "scratch", out / "compound"], out / "loss.png")
+    plot = plot_runs([out / name for name in DEMO_SCHEDULES], out / "loss.png")
     (out / "table.md").write_text(table + "\n")
     print(table)
     print(f"plot: {plot}")

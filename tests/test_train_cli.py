@@ -132,3 +132,69 @@ def test_resume_without_a_checkpoint_writes_nothing(tmp_path, corpus, capsys):
     assert main(args) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.fixture
+def stack_run(tmp_path, corpus):
+    """A tiny stack run (1 → 2 layers at step 5 of 16) with a checkpoint at the growth step."""
+    config = tmp_path / "stack.toml"
+    config.write_text(
+        f'preset = "tiny"\ndata = "{corpus}"\n'
+        "[train]\nsteps = 16\ncheckpoint_every = 5\neval_every = 8\n"
+        '[schedule]\nname = "stack"\nat = 0.3\n'
+    )
+    out = tmp_path / "stack"
+    assert main(["train", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_select_tries_each_candidate_and_writes_nothing(stack_run, capsys):
+    checkpoint = stack_run / "checkpoints" / "step_0000005"
+    before = sorted(p.name for p in stack_run.rglob("*"))
+    args = ["select", str(checkpoint), "--candidates", "stack,identity,midas", "--steps", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "candidate" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["stack", "identity", "midas"]
+    assert sum("✓" in r for r in rows) == 1 and "chosen: " in out
+    assert sorted(p.name for p in stack_run.rglob("*")) == before
+
+
+def test_select_continue_trains_the_choice_to_the_end(stack_run, tmp_path, capsys):
+    checkpoint = stack_run / "checkpoints" / "step_0000005"
+    branch = tmp_path / "branch"
+    args = ["select", str(checkpoint), "--candidates", "stack,identity", "--steps", "2"]
+    assert main([*args, "--continue", "--out", str(branch)]) == 0
+    chosen = capsys.readouterr().out.split("chosen: ")[1].split()[0]
+    assert chosen in ("stack", "identity")
+    assert "chosen: " + chosen in (branch / "select.md").read_text()
+    assert read_metrics(branch)[-1]["step"] == "16"
+    (event,) = read_events(branch)
+    assert event["step"] == 5 and event["config_after"]["n_layers"] == 2
+    # the branch resumes from its own run.json: no schedule flags needed
+    resumed = ["train", "--resume", "--out", str(branch), "--steps", "18", "--no-progress"]
+    assert main(resumed) == 0
+    assert read_metrics(branch)[-1]["step"] == "18"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--candidates", "stack,bogus"], "at least two distinct candidates"),
+        (["--steps", "0"], "--steps must be an integer ≥ 1"),
+        (["--out", "x"], "needs --continue"),
+        (["--layers", "1"], "--layers must be more than"),
+    ],
+)
+def test_select_bad_input(stack_run, tmp_path, capsys, extra, message):
+    checkpoint = stack_run / "checkpoints" / "step_0000005"
+    assert main(["select", str(checkpoint), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_select_needs_steps_left_and_a_checkpoint(stack_run, tmp_path, capsys):
+    assert main(["select", str(stack_run)]) == 2
+    assert "at the end of the run" in capsys.readouterr().err
+    assert main(["select", str(tmp_path / "nothing")]) == 2
+    assert "not a checkpoint" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from growformer.shrink.command import add_shrink_command
 from growformer.shrink.target import ShrinkError
 from growformer.train.commands import add_commands
 from growformer.train.config import TrainConfigError
+from growformer.train.select import add_select_command
 
 # CLI flag → ModelConfig field, for the sizes every command shares.
 SIZE_FLAGS = {
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_cmd_info)
     add_commands(sub)
     add_shrink_command(sub)
+    add_select_command(sub)
     return parser
 
 

@@ -20,6 +20,7 @@ from growformer.expand.layers import LAYER_INITS, PLACEMENTS, insert_layers, new
 from growformer.expand.mlp import expand_ffn
 from growformer.expand.positions import extend_positions
 from growformer.expand.stack import (
+    BLOCK_POSITIONS,
     STACK_METHODS,
     copy_layers,
     interpolate_order,
@@ -29,6 +30,7 @@ from growformer.expand.stack import (
 )
 
 __all__ = [
+    "BLOCK_POSITIONS",
     "LAYER_INITS",
     "PLACEMENTS",
     "STACK_METHODS",

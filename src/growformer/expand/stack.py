@@ -34,12 +34,19 @@ def stack_order(n_old: int, n_new: int) -> list[int]:
     return [j % n_old for j in range(n_new)]
 
 
-def midas_order(n_old: int, n_new: int, block: int = 1) -> list[int]:
+BLOCK_POSITIONS = ("middle", "first", "last")
+
+
+def midas_order(n_old: int, n_new: int, block: int = 1, at: str = "middle") -> list[int]:
     """MIDAS: the middle ``block`` layers duplicated right after themselves, repeatedly.
 
-    4 → 6 with ``block=2``: 0, 1, 2, 1, 2, 3 (the middle block is layers 1-2). ``n_new - n_old``
-    must be a multiple of ``block`` and ``block`` at most ``n_old``.
+    4 → 6 with ``block=2``: 0, 1, 2, 1, 2, 3 (the middle block is layers 1-2). ``at="first"`` or
+    ``"last"`` duplicates the first or last block instead (4 → 6: 0, 1, 0, 1, 2, 3 and
+    0, 1, 2, 3, 2, 3), the other candidates of LAG's adaptive stacking. ``n_new - n_old`` must be
+    a multiple of ``block`` and ``block`` at most ``n_old``.
     """
+    if at not in BLOCK_POSITIONS:
+        raise GrowthError(f"block position must be one of {', '.join(BLOCK_POSITIONS)}; got {at!r}")
     if block < 1 or block > n_old or (n_new - n_old) % block or n_new < n_old:
         raise GrowthError(
             f"n_layers: MIDAS grows by whole blocks of {block} (1 ≤ block ≤ {n_old}); "
@@ -47,7 +54,7 @@ def midas_order(n_old: int, n_new: int, block: int = 1) -> list[int]:
         )
     order = list(range(n_old))
     while len(order) < n_new:
-        start = (len(order) - block) // 2
+        start = {"first": 0, "middle": (len(order) - block) // 2, "last": len(order) - block}[at]
         order[start + block : start + block] = order[start : start + block]
     return order
 
@@ -60,12 +67,15 @@ def interpolate_order(n_old: int, n_new: int) -> list[int]:
     return [t * n_old // n_new for t in range(n_new)]
 
 
-def layer_order(method: str, n_old: int, n_new: int, block: int = 1) -> list[int]:
-    """The copy order of ``method`` (one of ``STACK_METHODS``)."""
+def layer_order(
+    method: str, n_old: int, n_new: int, block: int = 1, at: str = "middle"
+) -> list[int]:
+    """The copy order of ``method`` (one of ``STACK_METHODS``); ``block`` and ``at`` are
+    MIDAS's."""
     if method == "stack":
         return stack_order(n_old, n_new)
     if method == "midas":
-        return midas_order(n_old, n_new, block)
+        return midas_order(n_old, n_new, block, at)
     if method == "interpolate":
         return interpolate_order(n_old, n_new)
     raise GrowthError(f"method must be one of {', '.join(STACK_METHODS)}; got {method!r}")

@@ -79,16 +79,28 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return max(steps)[1] if steps else None
 
 
+def read_position(path: str | os.PathLike) -> RunPosition:
+    """The run position stored in checkpoint ``path`` (without loading the model)."""
+    return RunPosition(**_trainer_state(Path(path))["position"])
+
+
+def _trainer_state(path: Path) -> dict[str, Any]:
+    file = path / TRAINER_FILE
+    try:
+        state = torch.load(file, weights_only=True, map_location="cpu")
+        missing = {"position", "optimizer", "torch_rng"} - set(state)
+        if missing:
+            raise KeyError(f"missing {sorted(missing)}")
+        RunPosition(**state["position"])
+        return state
+    except (OSError, RuntimeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{file} is not a readable trainer state: {error}") from error
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[Transformer, dict[str, Any], RunPosition]:
     """The model, the optimizer state dict and the position stored in checkpoint ``path``."""
     path = Path(path)
     model = load_model(path / "model")
-    try:
-        state = torch.load(path / TRAINER_FILE, weights_only=True, map_location="cpu")
-        position = RunPosition(**state["position"])
-        torch.set_rng_state(state["torch_rng"])
-        return model, state["optimizer"], position
-    except (OSError, RuntimeError, KeyError, TypeError) as error:
-        raise CheckpointError(
-            f"{path / TRAINER_FILE} is not a readable trainer state: {error}"
-        ) from error
+    state = _trainer_state(path)
+    torch.set_rng_state(state["torch_rng"])
+    return model, state["optimizer"], RunPosition(**state["position"])

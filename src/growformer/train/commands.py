@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -15,12 +16,18 @@ from growformer.train.config import PRESETS, TrainConfigError
 from growformer.train.generate import sample
 from growformer.train.plot import plot_runs
 from growformer.train.report import speedup_table, summarize
-from growformer.train.run_config import RunSpec, load_run_file, run_spec
+from growformer.train.run_config import (
+    DATA_FILE,
+    RUN_FILE,
+    RunSpec,
+    load_run_dir,
+    load_run_file,
+    run_spec,
+)
 from growformer.train.schedule import SCHEDULES
 from growformer.train.trainer import RunResult, Trainer
 
 TOKENIZER_FILE = "tokenizer.json"
-DATA_FILE = "data.json"
 DEMO_SCHEDULES = ("scratch", "compound")
 
 
@@ -60,6 +67,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _spec(args: argparse.Namespace) -> RunSpec:
     train = {"steps": args.steps} if args.steps is not None else {}
+    described = args.config or args.schedule or args.preset or args.data
+    if args.resume and args.out and not described and (Path(args.out) / RUN_FILE).is_file():
+        spec = load_run_dir(args.out)
+        return replace(spec, train=spec.train.replace(**train)) if train else spec
     if args.config:
         if args.preset or args.data:
             raise TrainConfigError("--preset and --data go in the --config file, not beside it")
@@ -81,22 +92,22 @@ def run_training(
     out: str | Path,
     *,
     dataset: Dataset | None = None,
-    resume: bool = False,
+    resume: bool | Path = False,
     progress: bool = True,
 ) -> RunResult:
     """Train ``spec`` into ``out`` on ``dataset`` (default: ``load_run_data(spec)``); ``out``
-    also gets the tokenizer and ``data.json`` (the data's fingerprint: a resumed run must see
-    the same tokens)."""
+    also gets the tokenizer and ``data.json`` (the data's source, tokenizer size and
+    fingerprint: a resumed run must see the same tokens). ``resume``: True for ``out``'s latest
+    checkpoint, or a checkpoint folder (of this run or another) to continue from."""
     out = Path(out)
     dataset = dataset or load_run_data(spec)
-    data_record = {"source": dataset.source, "fingerprint": dataset.fingerprint}
-    if resume and (out / DATA_FILE).is_file():
-        recorded = json.loads((out / DATA_FILE).read_text())
-        if recorded["fingerprint"] != dataset.fingerprint:
-            raise TrainConfigError(
-                f"--resume: the data differs from the run's ({recorded['source']}, fingerprint "
-                f"{recorded['fingerprint'][:12]}); resume with the same --data"
-            )
+    data_record = {
+        "source": dataset.source,
+        "vocab_size": spec.vocab_size,
+        "fingerprint": dataset.fingerprint,
+    }
+    if resume is True:
+        check_same_data(out, dataset)
     target = spec.target.replace(vocab_size=dataset.vocab_size)
     trainer = Trainer(
         target,
@@ -114,6 +125,19 @@ def run_training(
         if dataset.tokenizer is not None:
             dataset.tokenizer.save(out / TOKENIZER_FILE)
     return trainer.run()
+
+
+def check_same_data(run_dir: Path, dataset: Dataset) -> None:
+    """Raise ``TrainConfigError`` when ``run_dir`` was trained on other tokens than
+    ``dataset``'s (its ``data.json`` fingerprint); a run without one passes."""
+    if not (run_dir / DATA_FILE).is_file():
+        return
+    recorded = json.loads((run_dir / DATA_FILE).read_text())
+    if recorded["fingerprint"] != dataset.fingerprint:
+        raise TrainConfigError(
+            f"{run_dir}: the data differs from the run's ({recorded['source']}, fingerprint "
+            f"{recorded['fingerprint'][:12]}); use the same --data"
+        )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -23,10 +23,16 @@ def event_expansion(
     Exact events are function-preserving; copy methods are not (each copy applies its block
     again). Options seed the random entries, so the result is reproducible.
     """
+    if event.method == "lag":
+        raise ValueError(
+            "a 'lag' event is applied as the candidate LAG chooses (GrowthEvent.candidate)"
+        )
     sizes = dict(event.sizes)
     if event.method == "exact" or sizes.get("n_layers", config.n_layers) == config.n_layers:
         return expand_state(config, state, sizes, event.options)
-    order = layer_order(event.method, config.n_layers, sizes["n_layers"], event.midas_block)
+    order = layer_order(
+        event.method, config.n_layers, sizes["n_layers"], event.midas_block, event.block_at
+    )
     copied = copy_layers(config, state, order)
     rest = expand_state(copied.config, copied.state, sizes, event.options)
     return Expansion(rest.config, rest.state, copied.record.then(rest.record))

@@ -18,12 +18,13 @@ TOML layout (every table optional; a preset supplies what is left out)::
     # [[schedule.grow]]
     # at = 0.4                       # a fraction of the steps, or step = N, or tokens = N
     # n_layers = 4
-    # method = "exact"               # exact | stack | midas | interpolate
+    # method = "exact"               # exact | stack | midas | interpolate | lag
     # layer_init = "copy"            # GrowthOptions fields, state_policy, rewarm_steps, ...
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -33,14 +34,31 @@ from typing import Any
 from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
 from growformer.expand import GrowthError, GrowthOptions
 from growformer.train.config import PRESETS, TrainConfig, TrainConfigError, preset
-from growformer.train.schedule import SCHEDULES, GrowthEvent, Schedule, named_schedule
+from growformer.train.schedule import (
+    SCHEDULES,
+    GrowthEvent,
+    Schedule,
+    named_schedule,
+    schedule_from_dict,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-_EVENT_FIELDS = ("seq_len", "method", "midas_block", "state_policy", "rewarm_steps")
+_EVENT_FIELDS = (
+    "seq_len",
+    "method",
+    "midas_block",
+    "block_at",
+    "state_policy",
+    "rewarm_steps",
+    "candidates",
+    "lag_steps",
+)
+RUN_FILE = "run.json"
+DATA_FILE = "data.json"
 _OPTION_FIELDS = tuple(f.name for f in fields(GrowthOptions))
 
 
@@ -117,6 +135,27 @@ def load_run_file(path: str | Path, train_overrides: Mapping[str, Any] | None = 
     )
 
 
+def load_run_dir(run_dir: str | Path) -> RunSpec:
+    """The spec a run folder was trained with, from its ``run.json`` and ``data.json`` (the
+    data source and tokenizer vocabulary size), so a run can be resumed or branched without
+    repeating its options. Raises ``TrainConfigError`` when either file is missing or bad."""
+    run_dir = Path(run_dir)
+    try:
+        run = json.loads((run_dir / RUN_FILE).read_text())
+        data = json.loads((run_dir / DATA_FILE).read_text())
+        return RunSpec(
+            ModelConfig.from_dict(run["target"]),
+            TrainConfig(**run["train"]),
+            schedule_from_dict(run["schedule"]),
+            data["source"],
+            data["vocab_size"],
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise TrainConfigError(
+            f"{run_dir}: not a growformer run folder with {RUN_FILE} and {DATA_FILE} ({error})"
+        ) from None
+
+
 def _check_keys(table: str, values: Mapping[str, Any] | None, cls: type) -> None:
     if values is not None and not isinstance(values, Mapping):
         raise TrainConfigError(f"{table} must be a table of fields, got {values!r}")
@@ -171,6 +210,8 @@ def _event(table: dict[str, Any], train: TrainConfig, index: int) -> GrowthEvent
         )
     if "where" in options and isinstance(options["where"], list):
         options["where"] = tuple(options["where"])
+    if isinstance(event_fields.get("candidates"), list):
+        event_fields["candidates"] = tuple(event_fields["candidates"])
     try:
         return GrowthEvent(
             step=int(step), sizes=sizes, options=GrowthOptions(**options), **event_fields

@@ -2,26 +2,45 @@
 
 A ``Schedule`` says what model a run starts from (size fields smaller than the target's, and a
 shorter training sequence if wanted) and at which steps it grows, how (exact expansions, or
-depth by copying whole layers: ``stack``, ``midas``, ``interpolate``) and to what size. Named
-schedules build one from the target config and the step budget: ``scratch``, ``compound``,
-``stack``, ``midas``, ``exact``, ``apollo``. ``Schedule.plan`` validates it against the target
-before training starts.
+depth by copying whole layers: ``stack``, ``midas``, ``interpolate``; or ``lag``: the candidate
+growth with the lowest loss a few steps after it) and to what size. Named schedules build one
+from the target config and the step budget: ``scratch``, ``compound``, ``stack``, ``midas``,
+``exact``, ``apollo``, ``lag-stack``. ``Schedule.plan`` validates it against the target before
+training starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
-from growformer.expand import STACK_METHODS, GrowthError, GrowthOptions, layer_order
+from growformer.expand import (
+    BLOCK_POSITIONS,
+    STACK_METHODS,
+    GrowthError,
+    GrowthOptions,
+    layer_order,
+)
 from growformer.train.apollo import stage_depths
 from growformer.train.config import STATE_POLICIES, TrainConfig, TrainConfigError
 
-GROWTH_METHODS = ("exact", *STACK_METHODS)
-SCHEDULES = ("scratch", "compound", "stack", "midas", "exact", "apollo")
+GROWTH_METHODS = ("exact", *STACK_METHODS, "lag")
+SCHEDULES = ("scratch", "compound", "stack", "midas", "exact", "apollo", "lag-stack")
 DEPTH_SAMPLING = (None, "lvps")
+
+# The depth growths LAG chooses among, by name: a copy order, or exact new layers.
+LAG_CANDIDATES: dict[str, dict[str, Any]] = {
+    "stack": {"method": "stack"},
+    "midas": {"method": "midas"},
+    "midas-first": {"method": "midas", "block_at": "first"},
+    "midas-last": {"method": "midas", "block_at": "last"},
+    "interpolate": {"method": "interpolate"},
+    "identity": {"method": "exact", "layer_init": "identity"},
+    "copy": {"method": "exact", "layer_init": "copy"},
+}
 
 
 @dataclass(frozen=True)
@@ -30,8 +49,11 @@ class GrowthEvent:
 
     ``sizes``: absolute sizes (``SIZE_FIELDS``) after the event; fields left out keep their
     value. ``method``: how new layers are made, ``exact`` (``insert_layers`` with
-    ``options``) or a copy order (``stack``, ``midas`` with ``midas_block``, ``interpolate``);
-    width always grows exactly. ``seq_len``: the training sequence length from this step on.
+    ``options``), a copy order (``stack``, ``midas`` with ``midas_block`` and ``block_at``,
+    ``interpolate``), or ``lag``: each of ``candidates`` (names in ``LAG_CANDIDATES``) is
+    tried for ``lag_steps`` steps from here and the one with the lowest validation loss then is
+    applied. Width always grows exactly. ``seq_len``: the training sequence length from this
+    step on.
     ``state_policy``: ``transform`` carries the optimizer state, ``reset`` drops it.
     ``rewarm_steps``: the learning rate ramps linearly from 0 back to the schedule over that many
     steps after the event.
@@ -42,9 +64,12 @@ class GrowthEvent:
     seq_len: int | None = None
     method: str = "exact"
     midas_block: int = 1
+    block_at: str = "middle"
     options: GrowthOptions = field(default_factory=GrowthOptions)
     state_policy: str = "transform"
     rewarm_steps: int = 0
+    candidates: tuple[str, ...] = ()
+    lag_steps: int = 0
 
     def __post_init__(self) -> None:
         where = f"growth event at step {self.step}"
@@ -62,10 +87,36 @@ class GrowthEvent:
                 f"{where}: state_policy must be one of {', '.join(STATE_POLICIES)}; "
                 f"got {self.state_policy!r}"
             )
-        for name in ("midas_block", "rewarm_steps"):
+        if self.block_at not in BLOCK_POSITIONS:
+            raise TrainConfigError(
+                f"{where}: block_at must be one of {', '.join(BLOCK_POSITIONS)}; "
+                f"got {self.block_at!r}"
+            )
+        for name in ("midas_block", "rewarm_steps", "lag_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise TrainConfigError(f"{where}: {name} must be an integer ≥ 0, got {value!r}")
+        if self.method != "lag":
+            if self.candidates or self.lag_steps:
+                raise TrainConfigError(f"{where}: candidates and lag_steps need method = 'lag'")
+            return
+        unknown = [c for c in self.candidates if c not in LAG_CANDIDATES]
+        if unknown or len(set(self.candidates)) < 2 or self.lag_steps < 1:
+            raise TrainConfigError(
+                f"{where}: method 'lag' needs at least two distinct candidates among "
+                f"{', '.join(LAG_CANDIDATES)} (got {list(self.candidates)}) and lag_steps ≥ 1 "
+                f"(got {self.lag_steps})"
+            )
+
+    def candidate(self, name: str) -> GrowthEvent:
+        """The concrete event of LAG candidate ``name``: this event's step, sizes and policies,
+        with the candidate's method (exact candidates put new layers between the old ones)."""
+        spec = dict(LAG_CANDIDATES[name])
+        layer_init = spec.pop("layer_init", None)
+        options = self.options
+        if layer_init is not None:
+            options = dataclasses.replace(options, layer_init=layer_init, where="interleave")
+        return dataclasses.replace(self, options=options, candidates=(), lag_steps=0, **spec)
 
 
 @dataclass(frozen=True)
@@ -131,11 +182,24 @@ class Schedule:
                         f"{where}: {name} would shrink from {getattr(config, name)} to "
                         f"{getattr(grown, name)}; growth events only grow"
                     )
-            if event.method != "exact" and grown.n_layers != config.n_layers:
-                try:
-                    layer_order(event.method, config.n_layers, grown.n_layers, event.midas_block)
-                except GrowthError as error:
-                    raise TrainConfigError(f"{where}: {error}") from None
+            if event.method == "lag" and grown.n_layers == config.n_layers:
+                raise TrainConfigError(
+                    f"{where}: method 'lag' chooses a depth growth; n_layers must grow"
+                )
+            if grown.n_layers != config.n_layers:
+                for concrete in [event.candidate(c) for c in event.candidates] or [event]:
+                    if concrete.method == "exact":
+                        continue
+                    try:
+                        layer_order(
+                            concrete.method,
+                            config.n_layers,
+                            grown.n_layers,
+                            concrete.midas_block,
+                            concrete.block_at,
+                        )
+                    except GrowthError as error:
+                        raise TrainConfigError(f"{where}: {concrete.method}: {error}") from None
             if grown == config and (event.seq_len or seq_len) == seq_len:
                 raise TrainConfigError(f"{where}: changes nothing (give a size or a seq_len)")
             seq_len = event.seq_len or seq_len
@@ -182,6 +246,33 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
             for e in schedule.events
         ],
     }
+
+
+def schedule_from_dict(data: Mapping[str, Any]) -> Schedule:
+    """The schedule that ``schedule_to_dict`` described (a run's ``run.json``)."""
+    events = tuple(
+        GrowthEvent(
+            **{
+                **event,
+                "sizes": dict(event["sizes"]),
+                "candidates": tuple(event.get("candidates", ())),
+                "options": GrowthOptions(
+                    **{
+                        k: tuple(v) if isinstance(v, list) else v
+                        for k, v in event["options"].items()
+                    }
+                ),
+            }
+        )
+        for event in data["events"]
+    )
+    return Schedule(
+        data["name"],
+        dict(data["start"]),
+        data["start_seq_len"],
+        events,
+        data["depth_sampling"],
+    )
 
 
 def _sized(config: ModelConfig, sizes: Mapping[str, int], where: str) -> ModelConfig:
@@ -266,26 +357,70 @@ def midas_schedule(
     """MIDAS: from ``start_layers`` (default half the target), duplicate the middle block of
     ``block`` layers at each growth point until the target depth; stage ``i`` of ``k`` lasts
     in proportion to ``i**alpha``, the last growth at ``end``·steps."""
+    first, points = _gradual_depths(target, train, "midas", block, start_layers, alpha, end)
+    events = tuple(
+        GrowthEvent(step=step, sizes={"n_layers": n}, method="midas", midas_block=block)
+        for step, n in points
+    )
+    return Schedule("midas", {"n_layers": first}, None, events)
+
+
+def lag_stack_schedule(
+    target: ModelConfig,
+    train: TrainConfig,
+    *,
+    block: int = 1,
+    start_layers: int | None = None,
+    alpha: float = 1.0,
+    end: float = 0.7,
+    candidates: tuple[str, ...] = ("midas-first", "midas", "midas-last"),
+    lag_steps: int | None = None,
+) -> Schedule:
+    """LAG's adaptive gradual stacking: MIDAS's growth points, but at each one the block to
+    duplicate is chosen by LAG among ``candidates`` (default: the first, middle or last block),
+    each tried for ``lag_steps`` steps (default 1% of the steps, at least 2)."""
+    first, points = _gradual_depths(target, train, "lag-stack", block, start_layers, alpha, end)
+    k = max(2, train.steps // 100) if lag_steps is None else lag_steps
+    events = tuple(
+        GrowthEvent(
+            step=step,
+            sizes={"n_layers": n},
+            method="lag",
+            midas_block=block,
+            candidates=tuple(candidates),
+            lag_steps=k,
+        )
+        for step, n in points
+    )
+    return Schedule("lag-stack", {"n_layers": first}, None, events)
+
+
+def _gradual_depths(
+    target: ModelConfig,
+    train: TrainConfig,
+    name: str,
+    block: int,
+    start_layers: int | None,
+    alpha: float,
+    end: float,
+) -> tuple[int, list[tuple[int, int]]]:
+    """Gradual stacking's start depth and its (step, depth) growth points: ``block`` layers
+    more each time; growth ``i`` of ``k`` comes after a stage lasting in proportion to
+    ``i**alpha``, the last at ``end``·steps."""
     first = start_layers or max(block, target.n_layers // 2)
-    if (target.n_layers - first) % block or first > target.n_layers:
+    if block < 1 or (target.n_layers - first) % block or first > target.n_layers:
         raise TrainConfigError(
-            f"midas: from {first} layers the target's {target.n_layers} is not reachable in "
+            f"{name}: from {first} layers the target's {target.n_layers} is not reachable in "
             f"blocks of {block}"
         )
     n_growths = (target.n_layers - first) // block
     weights = [(i + 1) ** alpha for i in range(n_growths)]
-    events, elapsed = [], 0.0
+    points, elapsed = [], 0.0
     for i in range(n_growths):
         elapsed += weights[i] / sum(weights) * end
-        events.append(
-            GrowthEvent(
-                step=_at(elapsed, train.steps, "midas: growth point"),
-                sizes={"n_layers": first + (i + 1) * block},
-                method="midas",
-                midas_block=block,
-            )
-        )
-    return Schedule("midas", {"n_layers": first}, None, tuple(events))
+        step = _at(elapsed, train.steps, f"{name}: growth point")
+        points.append((step, first + (i + 1) * block))
+    return first, points
 
 
 def exact_schedule(
@@ -349,6 +484,7 @@ BUILDERS = {
     "midas": midas_schedule,
     "exact": exact_schedule,
     "apollo": apollo_schedule,
+    "lag-stack": lag_stack_schedule,
 }
 
 

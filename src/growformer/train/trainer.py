@@ -11,6 +11,8 @@ bit-identical.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -39,9 +41,10 @@ from growformer.train.checkpoint import (
 from growformer.train.config import TrainConfig, TrainConfigError
 from growformer.train.flops import train_flops_per_token
 from growformer.train.growth import apply_event_
+from growformer.train.lag import Trial, choose, trial_records
 from growformer.train.lr import lr_at
 from growformer.train.metrics import MetricsLog
-from growformer.train.schedule import Schedule, Stage, schedule_to_dict
+from growformer.train.schedule import GrowthEvent, Schedule, Stage, schedule_to_dict
 
 # Seeds the per-step depth draws apart from any other use of (seed, step).
 DEPTH_STREAM = 0x4150
@@ -79,8 +82,9 @@ class Trainer:
     """Train ``target`` under ``schedule`` on ``train_data``, evaluating on ``val_data``.
 
     ``run_dir`` receives ``run.json`` (target, training config and schedule stages),
-    ``metrics.csv``, ``events.jsonl`` and ``checkpoints/``. ``resume=True`` continues from the
-    latest checkpoint in ``run_dir``: on CPU the losses are then the same, bit for bit, as an
+    ``metrics.csv``, ``events.jsonl`` and ``checkpoints/``; with ``run_dir=None`` nothing is
+    written. ``resume=True`` continues from the latest checkpoint in ``run_dir``, ``resume=PATH``
+    from that checkpoint folder: on CPU the losses are then the same, bit for bit, as an
     uninterrupted run's. The schedule is validated (``Schedule.plan``) in the constructor,
     before anything is written.
     """
@@ -92,9 +96,9 @@ class Trainer:
         schedule: Schedule,
         train_data: TokenBatches,
         val_data: TokenBatches,
-        run_dir: str | os.PathLike,
+        run_dir: str | os.PathLike | None,
         *,
-        resume: bool = False,
+        resume: bool | str | os.PathLike = False,
         device: str | torch.device | None = None,
         progress: bool = True,
     ) -> None:
@@ -105,8 +109,9 @@ class Trainer:
                 "compile=true needs CUDA (torch.compile on CPU is not supported here)"
             )
         self.train_data, self.val_data = train_data, val_data
-        self.run_dir = Path(run_dir)
+        self.run_dir = None if run_dir is None else Path(run_dir)
         self.rank, self.world = _distributed_rank_world()
+        self.writes = self.rank == 0 and self.run_dir is not None
         for stage in self.stages:
             rows = self.rows(stage.seq_len)
             if (
@@ -120,9 +125,19 @@ class Trainer:
                 )
         self.device = torch.device(device or _default_device(self.rank))
         self.progress = progress and self.rank == 0
-        self.checkpoint = latest_checkpoint(self.run_dir) if resume else None
-        if resume and self.checkpoint is None:
-            raise TrainConfigError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
+        self.checkpoint: Path | None = None
+        if resume is True:
+            if self.run_dir is None:
+                raise TrainConfigError("resume=True needs a run_dir to find the checkpoint in")
+            self.checkpoint = latest_checkpoint(self.run_dir)
+            if self.checkpoint is None:
+                raise TrainConfigError(
+                    f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}"
+                )
+        elif resume:
+            self.checkpoint = latest_checkpoint(resume)
+            if self.checkpoint is None:
+                raise TrainConfigError(f"{resume}: not a checkpoint or a run with checkpoints")
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -140,7 +155,7 @@ class Trainer:
         self.optimizer = _adamw(self.model, self.train)
         if checkpoint is not None:
             self.optimizer.load_state_dict(optimizer_state)
-        if self.rank == 0:
+        if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _write_run_json(self)
             self.log = MetricsLog(self.run_dir, self.position.step if checkpoint else None)
@@ -186,7 +201,7 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
-            if self.rank == 0 and hasattr(self, "log"):
+            if hasattr(self, "log"):
                 self.log.close()
         return RunResult(
             self.run_dir,
@@ -218,7 +233,7 @@ class Trainer:
         is_eval = done % train.eval_every == 0 or done == train.steps
         if is_eval:
             self.val_loss = self.evaluate()
-        if self.rank == 0 and (is_eval or done % max(1, train.log_every) == 0):
+        if self.writes and (is_eval or done % max(1, train.log_every) == 0):
             self._log_row(loss, self.val_loss if is_eval else None, stage)
         return loss
 
@@ -313,9 +328,56 @@ class Trainer:
             count += targets.numel()
         return total / count
 
+    def try_growth(self, event: GrowthEvent, steps: int, name: str = "") -> Trial:
+        """Grow a copy of the model and optimizer by ``event`` (a concrete one, not ``lag``),
+        train it ``steps`` steps from the current step on the batches the run would train on,
+        and measure the validation loss right after the growth and after those steps.
+
+        The trainer's model, optimizer and step are left as they were; the wall time and
+        training FLOPs of the trial are added to the run's totals (they are part of the cost of
+        choosing). Memory: one copy at a time.
+        """
+        saved = self.model, self.optimizer, self.wrapped, self.position
+        step = self.position.step
+        seq_len = event.seq_len or self._stage_at(step).seq_len
+        started = time.perf_counter()
+        flops = 0.0
+        try:
+            self.model = copy.deepcopy(saved[0])
+            self.optimizer = _adamw(self.model, self.train)
+            self.optimizer.load_state_dict(copy.deepcopy(saved[1].state_dict()))
+            apply_event_(self.model, self.optimizer, event)
+            self.model.to(self.device)
+            self._wrap()
+            if event.rewarm_steps:
+                self.position = dataclasses.replace(
+                    saved[3], rewarm_from=step, rewarm_steps=event.rewarm_steps
+                )
+            loss_at_growth = self.evaluate()
+            losses = []
+            for i in range(steps):
+                losses.append(self._train_step(step + i, seq_len))
+                effective = self.model.config.replace(n_layers=self.effective_layers)
+                flops += self.train.tokens_per_step * train_flops_per_token(effective, seq_len)
+            loss_after = self.evaluate()
+            config = self.model.config
+        finally:
+            self.model, self.optimizer, self.wrapped, self.position = saved
+        self.position.train_time += time.perf_counter() - started
+        self.position.flops += flops
+        return Trial(name, event, config, loss_at_growth, loss_after, tuple(losses))
+
     def _grow(self, stage: Stage, step: int) -> None:
         event = stage.event
         assert event is not None
+        lag: dict[str, Any] = {}
+        if event.method == "lag":
+            trials = [
+                self.try_growth(event.candidate(c), event.lag_steps, c) for c in event.candidates
+            ]
+            chosen = choose(trials)
+            event = chosen.event
+            lag = {"lag": {"chosen": chosen.name, "trials": trial_records(trials)}}
         before_config = self.model.config
         loss_before = self.batch_loss(step, stage.seq_len)
         apply_event_(self.model, self.optimizer, event)
@@ -325,7 +387,7 @@ class Trainer:
         self.position.stage = stage.index
         if event.rewarm_steps:
             self.position.rewarm_from, self.position.rewarm_steps = step, event.rewarm_steps
-        if self.rank == 0:
+        if self.writes:
             self.log.event(
                 {
                     "step": step,
@@ -338,6 +400,7 @@ class Trainer:
                     "seq_len": stage.seq_len,
                     "loss_before": loss_before,
                     "loss_after": loss_after,
+                    **lag,
                 }
             )
 
@@ -357,8 +420,8 @@ class Trainer:
         )
 
     def save(self) -> Path | None:
-        """Write a checkpoint of the current position (rank 0)."""
-        if self.rank != 0:
+        """Write a checkpoint of the current position (rank 0, when the run has a folder)."""
+        if not self.writes:
             return None
         return save_checkpoint(self.run_dir, self.model, self.optimizer, self.position)
 

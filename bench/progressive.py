@@ -7,8 +7,9 @@ reach the scratch run's final validation loss, and the speed-ups: scratch's time
 that. Runs go one after another in this process; ``--repeats 2`` runs the whole set twice and
 reports each repeat, since same-seed runs differ in wall time by a few percent.
 
-    python bench/progressive.py [--preset small] [--schedules scratch,compound,stack,midas,apollo]
-                                [--steps N] [--data stdlib:prose] [--out runs/bench]
+    python bench/progressive.py [--preset small] [--steps N]
+                                [--schedules scratch,compound,stack,midas,apollo,lag-stack]
+                                [--data stdlib:prose] [--out runs/bench]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from growformer.train.run_config import run_spec
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--schedules", default="scratch,compound,stack,midas,apollo")
+    parser.add_argument("--schedules", default="scratch,compound,stack,midas,apollo,lag-stack")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default="runs/bench")

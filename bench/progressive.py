@@ -15,12 +15,21 @@ reports each repeat, since same-seed runs differ in wall time by a few percent.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+from growformer.data import Dataset
 from growformer.train.commands import load_run_data, run_training
+from growformer.train.flops import train_flops_per_token
+from growformer.train.metrics import MetricsLog
 from growformer.train.plot import plot_runs
 from growformer.train.report import speedup_table, summarize
-from growformer.train.run_config import run_spec
+from growformer.train.run_config import RunSpec, run_spec
+
+HF_TRAINER = "-hf-trainer"
 
 
 def main() -> None:
@@ -37,7 +46,10 @@ def main() -> None:
         raise SystemExit("--schedules must start with scratch (the baseline)")
     train = {"steps": args.steps} if args.steps else {}
     specs = {
-        name: run_spec(args.preset, train=train, schedule=name, data=args.data) for name in names
+        name: run_spec(
+            args.preset, train=train, schedule=name.removesuffix(HF_TRAINER), data=args.data
+        )
+        for name in names
     }
     first = specs["scratch"]
     dataset = load_run_data(first)
@@ -50,11 +62,129 @@ def main() -> None:
     for repeat in range(args.repeats):
         out = Path(args.out) / f"repeat{repeat}"
         for name, spec in specs.items():
-            run_training(spec, out / name, dataset=dataset, progress=False)
+            if name.endswith(HF_TRAINER):
+                run_hf_trainer(spec, out / name, dataset)
+            else:
+                run_training(spec, out / name, dataset=dataset, progress=False)
         summaries = [summarize(out / name) for name in names]
         print(f"\nrepeat {repeat + 1}:")
         print(speedup_table(summaries[0], summaries[1:]))
         print(f"plot: {plot_runs([out / n for n in names], out / 'loss.png')}")
+
+
+def run_hf_trainer(spec: RunSpec, out: Path, dataset: Dataset) -> None:
+    """Train ``spec`` with a transformers Trainer and the growth callback on a Llama built at the
+    schedule's start size; ``out/metrics.csv`` as growformer's trainer writes it (evaluations
+    on the same validation windows, time without evaluation and growth)."""
+    import transformers
+
+    from growformer.integrations.transformers import GrowthCallback
+
+    train = spec.train
+    target = spec.target.replace(vocab_size=dataset.vocab_size)
+    start = spec.schedule.plan(target, train)[0].config
+    torch.manual_seed(train.seed)
+    model = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=start.vocab_size,
+            hidden_size=start.hidden,
+            intermediate_size=start.ffn,
+            num_hidden_layers=start.n_layers,
+            num_attention_heads=start.n_heads,
+            num_key_value_heads=start.n_kv_heads,
+            head_dim=start.qk_head_dim,
+            max_position_embeddings=start.max_seq_len,
+            rms_norm_eps=start.norm_eps,
+            rope_parameters={"rope_type": "default", "rope_theta": start.rope_theta},
+            tie_word_embeddings=start.tie_embeddings,
+            initializer_range=start.init_std,
+        )
+    )
+
+    class StepBatches(torch.utils.data.IterableDataset):
+        """The batch of every step, as growformer's trainer draws it at the final length."""
+
+        def __iter__(self):
+            for step in range(train.steps):
+                inputs, targets = dataset.train.batch_at(step, train.batch_size, train.seq_len)
+                yield {"input_ids": inputs, "labels": targets, "shift_labels": targets}
+
+    arguments = transformers.TrainingArguments(
+        output_dir=str(out / "hf"),
+        max_steps=train.steps,
+        per_device_train_batch_size=1,
+        learning_rate=train.lr,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": train.min_lr_ratio},
+        warmup_steps=train.warmup_steps,
+        weight_decay=train.weight_decay,
+        adam_beta1=train.beta1,
+        adam_beta2=train.beta2,
+        max_grad_norm=train.grad_clip,
+        logging_steps=train.log_every,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        bf16=train.dtype == "bfloat16",
+        seed=train.seed,
+    )
+    trainer = transformers.Trainer(
+        model=model, args=arguments, train_dataset=StepBatches(), data_collator=lambda rows: rows[0]
+    )
+    growth = GrowthCallback(spec.schedule).attach(trainer)
+    out.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(out)
+
+    class RunLog(transformers.TrainerCallback):
+        """Per step: tokens, FLOPs and training time (between step ends, less evaluation and
+        growth); at growformer's cadence, the validation loss and a metrics.csv row."""
+
+        time = flops = 0.0
+        mark = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs) -> None:
+            self.mark = time.perf_counter()
+
+        def on_step_end(self, args, state, control, model=None, **kwargs) -> None:
+            step = state.global_step
+            grown = sum(e["seconds"] for e in growth.events if e["step"] == step - 1)
+            self.time += time.perf_counter() - self.mark - grown
+            per_token = train_flops_per_token(growth.config, growth.seq_len)
+            self.flops += train.tokens_per_step * per_token
+            if step % train.eval_every == 0 or step == train.steps:
+                log.row(
+                    step=step,
+                    tokens=step * train.tokens_per_step,
+                    flops=f"{self.flops:.6g}",
+                    time=f"{self.time:.4f}",
+                    val_loss=f"{_evaluate(model, dataset, spec):.6f}",
+                    params=model.num_parameters(),
+                    stage=growth.driver.stage,
+                    seq_len=growth.seq_len,
+                )
+            self.mark = time.perf_counter()
+
+    trainer.add_callback(RunLog())
+    trainer.train()
+    log.close()
+
+
+@torch.no_grad()
+def _evaluate(model, dataset: Dataset, spec: RunSpec) -> float:
+    """Mean token loss on growformer's validation windows (``Trainer.evaluate``'s windows)."""
+    train = spec.train
+    micro = train.micro_batch_size
+    model.eval()
+    total, count = 0.0, 0
+    for inputs, targets in dataset.val.eval_batches(
+        micro, train.seq_len, train.eval_batches * micro
+    ):
+        logits = model(input_ids=inputs.to(model.device)).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.to(model.device).flatten())
+        total += float(loss) * targets.numel()
+        count += targets.numel()
+    model.train()
+    return total / count
 
 
 if __name__ == "__main__":

@@ -305,6 +305,7 @@ def compound_schedule(
     depth: float = 0.5,
     ffn: float = 0.25,
     seq: float = 0.5,
+    depth_method: str = "exact",
     layer_init: str = "copy",
     where: str = "interleave",
     width_init: str = "zero",
@@ -312,9 +313,11 @@ def compound_schedule(
     """CompoundGrow: start at ``depth``·layers, ``ffn``·FFN width and ``seq``·sequence length;
     at ``at``·steps grow all three to the target together.
 
-    Depth and width grow exactly (new layers copies of their neighbour with W_O and down
-    zeroed; new FFN units random with zero down columns, which breaks the symmetry that exact
-    tiling would keep forever).
+    Width grows exactly (new FFN units random with zero down columns, which breaks the symmetry
+    that exact tiling would keep forever). Depth grows by ``depth_method``: ``exact`` (new
+    layers by ``layer_init`` and ``where``: with ``copy``, a copy of their neighbour with W_O
+    and down zeroed) or a copy order of whole trained layers (``stack``, ``interpolate``), as
+    CompoundGrow's paper does; those are not function-preserving.
     """
     start = {
         "n_layers": _scaled(target.n_layers, depth),
@@ -324,6 +327,7 @@ def compound_schedule(
         step=_at(at, train.steps, "compound: at"),
         sizes={"n_layers": target.n_layers, "ffn": target.ffn},
         seq_len=train.seq_len,
+        method=depth_method,
         options=GrowthOptions(layer_init=layer_init, where=where, width_init=width_init),
     )
     return Schedule("compound", start, _scaled(train.seq_len, seq, 8), (event,))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from growformer.data import Dataset
+from growformer.hf import FAMILIES
 from growformer.train.commands import load_run_data, run_training
 from growformer.train.flops import train_flops_per_token
 from growformer.train.metrics import MetricsLog
@@ -84,22 +85,14 @@ def run_hf_trainer(spec: RunSpec, out: Path, dataset: Dataset) -> None:
     target = spec.target.replace(vocab_size=dataset.vocab_size)
     start = spec.schedule.plan(target, train)[0].config
     torch.manual_seed(train.seed)
-    model = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            vocab_size=start.vocab_size,
-            hidden_size=start.hidden,
-            intermediate_size=start.ffn,
-            num_hidden_layers=start.n_layers,
-            num_attention_heads=start.n_heads,
-            num_key_value_heads=start.n_kv_heads,
-            head_dim=start.qk_head_dim,
-            max_position_embeddings=start.max_seq_len,
-            rms_norm_eps=start.norm_eps,
-            rope_parameters={"rope_type": "default", "rope_theta": start.rope_theta},
-            tie_word_embeddings=start.tie_embeddings,
-            initializer_range=start.init_std,
-        )
-    )
+    # config_to_hf writes the sizes; a fresh config needs the fields growth leaves alone too.
+    fixed = {
+        "vocab_size": start.vocab_size,
+        "tie_word_embeddings": start.tie_embeddings,
+        "initializer_range": start.init_std,
+    }
+    config = transformers.LlamaConfig(**FAMILIES["llama"].config_to_hf(start, fixed))
+    model = transformers.LlamaForCausalLM(config)
 
     class StepBatches(torch.utils.data.IterableDataset):
         """The batch of every step, as growformer's trainer draws it at the final length."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from growformer import GrowthOptions, ModelConfig, ResizeRecord, Transformer
+from growformer.cli import main
 
 VOCAB = 40
 SEQ = 16
@@ -318,3 +320,22 @@ def layer_of(name: str) -> int | None:
 def new_entry_masks(model: Transformer, record: ResizeRecord) -> Mapping[str, Tensor]:
     """Per parameter of a grown model: True at the entries the record marks as new."""
     return {name: ~record[name].carried_mask(p.shape) for name, p in model.named_parameters()}
+
+
+def cli(*args: object) -> int:
+    """``growformer *args`` in this process (each argument as a string); its exit status."""
+    return main([str(a) for a in args])
+
+
+def check_overwrite(
+    src: Path, dst: Path, capsys: pytest.CaptureFixture[str], *args: object
+) -> None:
+    """``growformer grow src dst *args`` refuses a non-empty ``dst`` and leaves it as it was;
+    with ``--overwrite`` it succeeds and replaces ``dst`` (the file there is gone)."""
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    assert cli("grow", src, dst, *args) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (dst / "keep.txt").read_text() == "mine"
+    assert cli("grow", src, dst, *args, "--overwrite") == 0
+    assert not (dst / "keep.txt").exists()

@@ -41,14 +41,21 @@ def gpt2(**changes) -> transformers.PreTrainedModel:
     return perturbed(transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)))
 
 
+# The tiny models' sizes, named as Llama-style and BERT configs name them (``gpt2`` uses the
+# same sizes under GPT-2's names).
+SIZES = {
+    "vocab_size": VOCAB,
+    "max_position_embeddings": SEQ,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
+
+
 def _decoder(config_class, model_class, **changes) -> transformers.PreTrainedModel:
     config = {
-        "vocab_size": VOCAB,
-        "max_position_embeddings": SEQ,
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
+        **SIZES,
         "num_key_value_heads": 2,
         "bos_token_id": 0,
         "eos_token_id": 1,
@@ -70,16 +77,7 @@ def mistral(**changes) -> transformers.PreTrainedModel:
 
 
 def bert(model_class: str = "BertModel", **changes) -> transformers.PreTrainedModel:
-    config = {
-        "vocab_size": VOCAB,
-        "max_position_embeddings": SEQ,
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "layer_norm_eps": 1e-3,
-        **changes,
-    }
+    config = {**SIZES, "layer_norm_eps": 1e-3, **changes}
     return perturbed(getattr(transformers, model_class)(transformers.BertConfig(**config)))
 
 

@@ -10,16 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from growformer.cli import main
+from conftest import check_overwrite, cli
 from growformer.config import ModelConfig
 from growformer.model import Transformer
 from growformer.model_io import load_model, save_model
 
 TINY = ["--layers", "2", "--hidden", "32", "--heads", "4", "--ffn", "64", "--vocab", "50"]
-
-
-def run(*args: str) -> int:
-    return main([str(a) for a in args])
 
 
 def last_line(capsys) -> str:
@@ -29,21 +25,21 @@ def last_line(capsys) -> str:
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
     path = tmp_path / "src"
-    assert run("init", path, *TINY, "--kv-heads", "2", "--max-seq-len", "32") == 0
+    assert cli("init", path, *TINY, "--kv-heads", "2", "--max-seq-len", "32") == 0
     return path
 
 
 def test_init_writes_folder_with_requested_config(tmp_path: Path, capsys) -> None:
     dst = tmp_path / "m"
     args = [*TINY, "--norm", "layer", "--position", "learned", "--mlp", "gelu", "--tie", "--bias"]
-    assert run("init", dst, *args, "--seed", "3") == 0
+    assert cli("init", dst, *args, "--seed", "3") == 0
     assert sorted(p.name for p in dst.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((dst / "config.json").read_text())
     assert config["model_type"] == "growformer"
     assert (config["norm"], config["position"], config["mlp"]) == ("layer", "learned", "gelu")
     assert config["tie_embeddings"] and config["attn_bias"] and config["mlp_bias"]
     again = tmp_path / "again"
-    assert run("init", again, *args, "--seed", "3") == 0
+    assert cli("init", again, *args, "--seed", "3") == 0
     a, b = load_model(dst), load_model(again)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
@@ -53,18 +49,18 @@ def test_grow_check_then_verify_reports_exactness(src: Path, tmp_path: Path, cap
     dst = tmp_path / "grown"
     sizes = ["--layers", "3", "--hidden", "48", "--heads", "8", "--kv-heads", "4", "--ffn", "96"]
     assert (
-        run("grow", src, dst, *sizes, "--qk-head-dim", "12", "--v-head-dim", "10", "--check") == 0
+        cli("grow", src, dst, *sizes, "--qk-head-dim", "12", "--v-head-dim", "10", "--check") == 0
     )
     out = capsys.readouterr().out
     assert "check: max_abs_diff=" in out
     grown = load_model(dst).config
     assert (grown.n_layers, grown.hidden, grown.n_heads, grown.n_kv_heads) == (3, 48, 8, 4)
     assert (grown.ffn, grown.qk_head_dim, grown.v_head_dim) == (96, 12, 10)
-    assert run("verify", src, dst) == 0
+    assert cli("verify", src, dst) == 0
     line = last_line(capsys)
     assert line.startswith("max_abs_diff=")
     assert float(line.split("=")[1]) < 1e-5
-    assert run("verify", src, dst, "--dtype", "float64") == 0
+    assert cli("verify", src, dst, "--dtype", "float64") == 0
     assert float(last_line(capsys).split("=")[1]) < 1e-6
 
 
@@ -78,14 +74,14 @@ def test_grow_check_then_verify_reports_exactness(src: Path, tmp_path: Path, cap
 )
 def test_grow_options(src: Path, tmp_path: Path, options: list[str]) -> None:
     dst = tmp_path / "grown"
-    assert run("grow", src, dst, "--layers", "4", "--ffn", "128", *options, "--check") == 0
-    assert run("verify", src, dst) == 0
+    assert cli("grow", src, dst, "--layers", "4", "--ffn", "128", *options, "--check") == 0
+    assert cli("verify", src, dst) == 0
 
 
 def test_verify_fails_above_tolerance(src: Path, tmp_path: Path, capsys) -> None:
     other = tmp_path / "other"
-    assert run("init", other, *TINY, "--kv-heads", "2", "--max-seq-len", "32", "--seed", "1") == 0
-    assert run("verify", src, other) == 1
+    assert cli("init", other, *TINY, "--kv-heads", "2", "--max-seq-len", "32", "--seed", "1") == 0
+    assert cli("verify", src, other) == 1
     assert float(last_line(capsys).split("=")[1]) > 1e-3
 
 
@@ -101,13 +97,13 @@ def test_grow_check_failure_writes_nothing(tmp_path: Path, capsys) -> None:
                 p.add_(0.3 * torch.randn_like(p))
     save_model(post_norm, tmp_path / "post")
     dst = tmp_path / "approx"
-    assert run("grow", tmp_path / "post", dst, "--hidden", "48", "--approximate", "--check") == 1
+    assert cli("grow", tmp_path / "post", dst, "--hidden", "48", "--approximate", "--check") == 1
     assert not dst.exists()
     assert "nothing written" in capsys.readouterr().err
 
 
 def test_info_prints_config_and_parameter_count(src: Path, capsys) -> None:
-    assert run("info", src) == 0
+    assert cli("info", src) == 0
     out = capsys.readouterr().out
     assert "n_kv_heads: 2" in out
     assert f"parameters: {load_model(src).num_parameters():,}" in out
@@ -126,28 +122,21 @@ def test_grow_bad_targets_fail_clearly_and_write_nothing(
     src: Path, tmp_path: Path, capsys, args: list[str], message: str
 ) -> None:
     dst = tmp_path / "dst"
-    assert run("grow", src, dst, *args) == 2
+    assert cli("grow", src, dst, *args) == 2
     assert message in capsys.readouterr().err
     assert not dst.exists()
 
 
 def test_smaller_target_points_to_shrinking(src: Path, tmp_path: Path, capsys) -> None:
-    assert run("grow", src, tmp_path / "dst", "--ffn", "32") == 2
+    assert cli("grow", src, tmp_path / "dst", "--ffn", "32") == 2
     assert "shrink" in capsys.readouterr().err
 
 
 def test_existing_destination_is_refused_without_overwrite(
     src: Path, tmp_path: Path, capsys
 ) -> None:
-    dst = tmp_path / "dst"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
-    assert run("grow", src, dst, "--ffn", "96") == 2
-    assert "not empty" in capsys.readouterr().err
-    assert (dst / "keep.txt").read_text() == "mine"
-    assert run("grow", src, dst, "--ffn", "96", "--overwrite") == 0
-    assert not (dst / "keep.txt").exists()
-    assert load_model(dst).config.ffn == 96
+    check_overwrite(src, tmp_path / "dst", capsys, "--ffn", "96")
+    assert load_model(tmp_path / "dst").config.ffn == 96
 
 
 def test_corrupt_and_missing_checkpoints_fail_clearly(src: Path, tmp_path: Path, capsys) -> None:
@@ -156,27 +145,27 @@ def test_corrupt_and_missing_checkpoints_fail_clearly(src: Path, tmp_path: Path,
     (truncated / "config.json").write_text((src / "config.json").read_text())
     data = (src / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
-    assert run("grow", truncated, tmp_path / "out1", "--ffn", "96") == 2
+    assert cli("grow", truncated, tmp_path / "out1", "--ffn", "96") == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
 
     no_config = tmp_path / "no_config"
     no_config.mkdir()
-    assert run("info", no_config) == 2
+    assert cli("info", no_config) == 2
     assert "config.json is missing" in capsys.readouterr().err
 
     bad_json = tmp_path / "bad_json"
     bad_json.mkdir()
     (bad_json / "config.json").write_text("{not json")
-    assert run("info", bad_json) == 2
+    assert cli("info", bad_json) == 2
     assert "not valid JSON" in capsys.readouterr().err
 
     unknown = tmp_path / "unknown"
     unknown.mkdir()
     (unknown / "config.json").write_text(json.dumps({"model_type": "growformer", "depth": 3}))
-    assert run("info", unknown) == 2
+    assert cli("info", unknown) == 2
     assert "unknown config field(s) ['depth']" in capsys.readouterr().err
 
-    assert run("info", tmp_path / "nowhere") == 2
+    assert cli("info", tmp_path / "nowhere") == 2
     assert "no such directory" in capsys.readouterr().err
     assert not (tmp_path / "out1").exists()
 
@@ -188,7 +177,7 @@ def test_mismatched_weights_fail_clearly(src: Path, tmp_path: Path, capsys) -> N
     config["ffn"] = 80
     (wrong / "config.json").write_text(json.dumps(config))
     (wrong / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
-    assert run("info", wrong) == 2
+    assert cli("info", wrong) == 2
     assert "does not match config.json" in capsys.readouterr().err
 
 

@@ -14,13 +14,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from conftest import check_overwrite, cli
 from growformer import hf
-from growformer.cli import main
 from hf_tiny import RTOL, gpt2, llama, load, output, qwen2, relative_error, saved, tokens
-
-
-def run(*args: object) -> int:
-    return main([str(a) for a in args])
 
 
 @pytest.fixture
@@ -30,7 +26,7 @@ def src(tmp_path: Path) -> Path:
 
 def test_cli_grow_check_verify_and_info_on_a_hf_folder(src: Path, tmp_path: Path, capsys) -> None:
     dst = tmp_path / "dst"
-    assert run("grow", src, dst, "--ffn", "80", "--layers", "3", "--heads", "8", "--check") == 0
+    assert cli("grow", src, dst, "--ffn", "80", "--layers", "3", "--heads", "8", "--check") == 0
     out = capsys.readouterr().out
     assert "ffn 48 → 80" in out and "check: max_abs_diff=" in out
     assert sorted(p.name for p in dst.iterdir()) == [
@@ -40,9 +36,9 @@ def test_cli_grow_check_verify_and_info_on_a_hf_folder(src: Path, tmp_path: Path
     ]
     error = relative_error(output(load(src), tokens()), output(load(dst), tokens()))
     assert error <= RTOL
-    assert run("verify", src, dst) == 0
+    assert cli("verify", src, dst) == 0
     assert float(capsys.readouterr().out.strip().splitlines()[-1].split("=")[1]) < 1e-4
-    assert run("info", dst) == 0
+    assert cli("info", dst) == 0
     info = capsys.readouterr().out
     assert "format: llama (LlamaForCausalLM)" in info and "dtype: float32" in info
     assert "n_heads: 8" in info and "ffn: 80" in info
@@ -51,7 +47,7 @@ def test_cli_grow_check_verify_and_info_on_a_hf_folder(src: Path, tmp_path: Path
 
 def test_bf16_source_gives_a_bf16_folder(tmp_path: Path) -> None:
     src = saved(llama().to(torch.bfloat16), tmp_path / "src")
-    assert run("grow", src, tmp_path / "dst", "--ffn", "80", "--hidden", "48") == 0
+    assert cli("grow", src, tmp_path / "dst", "--ffn", "80", "--hidden", "48") == 0
     with safe_open(str(tmp_path / "dst" / "model.safetensors"), framework="pt") as f:
         assert {f.get_tensor(n).dtype for n in f.keys()} == {torch.bfloat16}  # noqa: SIM118
     assert json.loads((tmp_path / "dst" / "config.json").read_text())["dtype"] == "bfloat16"
@@ -192,7 +188,7 @@ def test_bad_folders_fail_clearly_and_write_nothing(
     bad = _copy(src, tmp_path / "bad")
     spoil(bad)
     dst = tmp_path / "dst"
-    assert run("grow", bad, dst, "--ffn", "64") == 2
+    assert cli("grow", bad, dst, "--ffn", "64") == 2
     assert message in capsys.readouterr().err
     assert not dst.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".dst")] == []
@@ -201,7 +197,7 @@ def test_bad_folders_fail_clearly_and_write_nothing(
 def test_missing_shard_fails_clearly(tmp_path: Path, capsys) -> None:
     src = saved(llama(), tmp_path / "src", max_shard_size="30KB")
     next(iter(sorted(src.glob("model-*.safetensors")))).unlink()
-    assert run("grow", src, tmp_path / "dst", "--ffn", "64") == 2
+    assert cli("grow", src, tmp_path / "dst", "--ffn", "64") == 2
     assert "lists shards that are missing" in capsys.readouterr().err
     assert not (tmp_path / "dst").exists()
 
@@ -224,7 +220,7 @@ def test_targets_the_family_cannot_store_fail_before_writing(
 ) -> None:
     build, args, message = TARGETS_NOT_STORABLE[case]
     src = saved(build(), tmp_path / "src")
-    assert run("grow", src, tmp_path / "dst", *args) == 2
+    assert cli("grow", src, tmp_path / "dst", *args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "dst").exists()
 
@@ -232,21 +228,14 @@ def test_targets_the_family_cannot_store_fail_before_writing(
 def test_mixed_layer_types_cannot_grow_in_depth(tmp_path: Path, capsys) -> None:
     model = qwen2(use_sliding_window=True, sliding_window=8, max_window_layers=1)
     src = saved(model, tmp_path / "src")
-    assert run("grow", src, tmp_path / "dst", "--layers", "3") == 2
+    assert cli("grow", src, tmp_path / "dst", "--layers", "3") == 2
     assert "layer_types mixes" in capsys.readouterr().err
     assert not (tmp_path / "dst").exists()
-    assert run("grow", src, tmp_path / "dst", "--ffn", "64") == 0
+    assert cli("grow", src, tmp_path / "dst", "--ffn", "64") == 0
 
 
 def test_existing_destination_is_refused_and_overwrite_replaces_it(
     src: Path, tmp_path: Path, capsys
 ) -> None:
-    dst = tmp_path / "dst"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
-    assert run("grow", src, dst, "--ffn", "64") == 2
-    assert "not empty" in capsys.readouterr().err
-    assert (dst / "keep.txt").read_text() == "mine"
-    assert run("grow", src, dst, "--ffn", "64", "--overwrite") == 0
-    assert not (dst / "keep.txt").exists()
-    assert load(dst).config.intermediate_size == 64
+    check_overwrite(src, tmp_path / "dst", capsys, "--ffn", "64")
+    assert load(tmp_path / "dst").config.intermediate_size == 64

@@ -314,19 +314,27 @@ def test_grow_in_place_equals_grow():
 # (6) Unknown per-parameter state.
 
 
-def _with_unknown_state():
+# A key with no known power, and a known key not shaped like its parameter (factored rows).
+UNKNOWN_STATE = {
+    "ema_weight": lambda w: w.clone(),
+    "max_exp_avg_sq": lambda w: w.square().mean(1),
+}
+
+
+def _with_unknown_state(key: str = "ema_weight"):
     config = VARIANTS["gpt2_all_bias"]
     model, optimizer, _ = trained(config)
     up = model.layers[0].mlp.up.weight
-    optimizer.state[up]["ema_weight"] = up.detach().clone()
+    optimizer.state[up][key] = UNKNOWN_STATE[key](up.detach())
     return config, model, optimizer
 
 
-def test_unknown_state_key_raises_and_leaves_the_optimizer_unchanged():
-    config, model, optimizer = _with_unknown_state()
+@pytest.mark.parametrize("key", UNKNOWN_STATE)
+def test_unknown_state_key_raises_and_leaves_the_optimizer_unchanged(key):
+    config, model, optimizer = _with_unknown_state(key)
     groups = [list(g["params"]) for g in optimizer.param_groups]
     state = {id(p): {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
-    with pytest.raises(ValueError, match="ema_weight"):
+    with pytest.raises(ValueError, match=key):
         grow_(model, optimizer, {"ffn": config.ffn + 8})
     assert [list(g["params"]) for g in optimizer.param_groups] == groups
     assert {id(p) for p in optimizer.state} == set(state)

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import POST_NORM, VARIANTS, assert_same_function, make_model, tokens_for
+from conftest import POST_NORM, VARIANTS, assert_same_function, cli, make_model, tokens_for
 from growformer import GrowthOptions, ModelConfig, Transformer, grow, model_from_state
-from growformer.cli import main
 from growformer.data.cache import CACHE_ENV
 from growformer.model_io import load_model, save_model
 from growformer.shrink import (
@@ -242,10 +241,6 @@ def test_calibration_tokens_must_fit_the_model():
 # -- the command -------------------------------------------------------------------------------
 
 
-def run(*args: object) -> int:
-    return main([str(a) for a in args])
-
-
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     config = VARIANTS["llama_gqa_tied_eps"].replace(n_layers=4)
@@ -264,7 +259,7 @@ def token_file(tmp_path: Path) -> Path:
 def test_cli_writes_child_report_and_prints_it(folder, token_file, tmp_path, capsys):
     dst = tmp_path / "child"
     sizes = ["--layers", 2, "--hidden", 16, "--heads", 2, "--ffn", 24]
-    assert run("shrink", folder, dst, *sizes, "--data", token_file, "--calib-tokens", 256) == 0
+    assert cli("shrink", folder, dst, *sizes, "--data", token_file, "--calib-tokens", 256) == 0
     out = capsys.readouterr().out
     assert "layers kept [0, 3]" in out and "hidden importance kept" in out
     assert sorted(p.name for p in dst.iterdir()) == [
@@ -282,7 +277,7 @@ def test_cli_writes_child_report_and_prints_it(folder, token_file, tmp_path, cap
     assert math.isclose(report["reader_scale"], math.sqrt(2))
     plain = tmp_path / "plain"
     keep = ["--keep-layers", "1,2", "--no-rescale"]
-    assert run("shrink", folder, plain, *sizes, "--data", token_file, *keep) == 0
+    assert cli("shrink", folder, plain, *sizes, "--data", token_file, *keep) == 0
     report = json.loads((plain / REPORT_FILE).read_text())
     assert report["layers_kept"] == [1, 2] and report["reader_scale"] == 1.0
 
@@ -301,7 +296,7 @@ def test_cli_writes_child_report_and_prints_it(folder, token_file, tmp_path, cap
 def test_cli_bad_input_writes_nothing(folder, token_file, tmp_path, capsys, args, message):
     dst = tmp_path / "child"
     data = [] if args == ["--ffn", 8] else ["--data", token_file]
-    assert run("shrink", folder, dst, *args, *data) == 2
+    assert cli("shrink", folder, dst, *args, *data) == 2
     err = capsys.readouterr().err
     assert err.startswith("growformer shrink: error:")
     assert re.search(message, err), err
@@ -310,12 +305,12 @@ def test_cli_bad_input_writes_nothing(folder, token_file, tmp_path, capsys, args
 
 
 def test_cli_refuses_missing_source_and_existing_destination(folder, token_file, tmp_path, capsys):
-    assert run("shrink", tmp_path / "nope", tmp_path / "out", "--ffn", 8) == 2
+    assert cli("shrink", tmp_path / "nope", tmp_path / "out", "--ffn", 8) == 2
     assert "not a model folder" in capsys.readouterr().err
     dst = tmp_path / "taken"
     dst.mkdir()
     (dst / "keep.txt").write_text("mine")
-    assert run("shrink", folder, dst, "--ffn", 8, "--data", token_file) == 2
+    assert cli("shrink", folder, dst, "--ffn", 8, "--data", token_file) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert [p.name for p in dst.iterdir()] == ["keep.txt"]
 
@@ -330,7 +325,7 @@ def test_cli_calibrates_on_the_default_corpus_in_the_models_vocabulary(
     src = tmp_path / "parent"
     save_model(make_model(VARIANTS["llama_mha"].replace(vocab_size=300), torch.float32), src)
     dst = tmp_path / "child"
-    assert run("shrink", src, dst, "--hidden", 16, "--calib-tokens", 512) == 0
+    assert cli("shrink", src, dst, "--hidden", 16, "--calib-tokens", 512) == 0
     report = json.loads((dst / REPORT_FILE).read_text())
     assert report["calibration_data"] == "stdlib:prose" and report["calibration_tokens"] == 512
     assert load_model(dst).config.hidden == 16

@@ -3,12 +3,15 @@
 A first moment (Adam's ``exp_avg``, SGD's ``momentum_buffer``) follows the gradient, so it is
 carried times ``grad_scale``; a second moment (``exp_avg_sq``, ``max_exp_avg_sq``) times
 ``grad_scale**2``. New entries start at zero; scalars such as ``step`` are kept.
+
+``carry_state_`` is the general form (moments mapped by any ``MomentCarrier``, e.g. through a
+framework's own parameter names); ``carry_optimizer_state_`` applies it to a ``ResizeRecord``.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +25,9 @@ MOMENT_POWERS: dict[str, int] = {
     "momentum_buffer": 1,
 }
 STATE_POLICIES = ("transform", "reset")
+
+# (old tensors by parameter name, power) -> new tensors by parameter name
+MomentCarrier = Callable[[Mapping[str, Tensor], int], dict[str, Tensor]]
 
 
 def carry_optimizer_state_(
@@ -38,42 +44,118 @@ def carry_optimizer_state_(
     Each new parameter joins the param group of its record source; one whose source the
     optimizer does not hold (a frozen weight) is left out as its source was. ``policy="reset"``
     drops all state instead (as a fresh optimizer would, keeping the param groups' settings).
-    ``moment_powers`` adds state keys beyond ``MOMENT_POWERS``; an unknown per-parameter tensor
-    raises ``ValueError`` before anything changes.
+    ``moment_powers`` adds state keys beyond ``MOMENT_POWERS``; a per-parameter tensor with no
+    known power, or not shaped like its parameter, raises ``ValueError`` before anything changes.
+    """
+
+    def carry_moments(old: Mapping[str, Tensor], power: int) -> dict[str, Tensor]:
+        return {
+            name: resize.carry(old[resize.source], "grad", power)
+            for name, resize in record.params.items()
+            if resize.source in old
+        }
+
+    sources = {name: record[name].source for name in new_params}
+    carry_state_(
+        optimizer,
+        old_params,
+        new_params,
+        sources,
+        carry_moments,
+        policy=policy,
+        moment_powers=moment_powers,
+    )
+
+
+def carry_state_(
+    optimizer: torch.optim.Optimizer,
+    old_params: Mapping[str, nn.Parameter],
+    new_params: Mapping[str, nn.Parameter],
+    sources: Mapping[str, str],
+    carry_moments: MomentCarrier,
+    *,
+    policy: str = "transform",
+    moment_powers: Mapping[str, int] | None = None,
+) -> None:
+    """Point ``optimizer`` at ``new_params`` and carry its state, between two steps.
+
+    ``sources``: new parameter name → the old parameter it grew from; a new parameter joins the
+    param group of its source (and is left out, as its source was, when the optimizer does not
+    hold it). ``carry_moments`` maps one moment of every old parameter to the new ones (a first
+    moment with power 1, a second with power 2, as ``MOMENT_POWERS`` and ``moment_powers``
+    say); other per-parameter entries (``step``) are kept from the source. ``policy="reset"``
+    drops the state (keeping the param groups' settings). A per-parameter tensor with no known
+    power, or not shaped like its parameter, raises ``ValueError`` before anything changes.
     """
     if policy not in STATE_POLICIES:
         raise ValueError(f"policy must be one of {', '.join(STATE_POLICIES)}; got {policy!r}")
-    powers = {**MOMENT_POWERS, **(moment_powers or {})}
     group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
-    old_ids = {name: id(p) for name, p in old_params.items()}
-    new_groups: list[list[nn.Parameter]] = [[] for _ in optimizer.param_groups]
+    held = {
+        name: group_of[id(old_params[source])]
+        for name, source in sources.items()
+        if id(old_params[source]) in group_of
+    }
     new_state: defaultdict[Tensor, dict] = defaultdict(dict)
-    for name, param in new_params.items():
-        source = record[name].source
-        group = group_of.get(old_ids[source])
-        if group is None:
-            continue
-        new_groups[group].append(param)
-        old_state = optimizer.state.get(old_params[source])
-        if policy == "transform" and old_state:
-            new_state[param] = _carry_param_state(
-                old_state, old_params[source], record[name], powers, name
-            )
-    for group, params in zip(optimizer.param_groups, new_groups, strict=True):
+    if policy == "transform":
+        powers = {**MOMENT_POWERS, **(moment_powers or {})}
+        carried = {
+            key: carry_moments(_moments(optimizer, old_params, key), powers[key])
+            for key in _moment_keys(optimizer, old_params, powers)
+        }
+        for name in held:
+            for key, value in optimizer.state.get(old_params[sources[name]], {}).items():
+                if _is_moment(value):
+                    new_state[new_params[name]][key] = carried[key][name]
+                else:
+                    copied = value.clone() if isinstance(value, Tensor) else value
+                    new_state[new_params[name]][key] = copied
+    groups: list[list[nn.Parameter]] = [[] for _ in optimizer.param_groups]
+    for name, group in held.items():
+        groups[group].append(new_params[name])
+    for group, params in zip(optimizer.param_groups, groups, strict=True):
         group["params"] = params
     optimizer.state = new_state
 
 
-def _carry_param_state(old_state, old_param, resize, powers, name) -> dict:
-    carried = {}
-    for key, value in old_state.items():
-        if isinstance(value, Tensor) and value.shape == old_param.shape and value.ndim > 0:
+def _is_moment(value: object) -> bool:
+    """A per-parameter entry: a tensor with dimensions (``step`` is a scalar)."""
+    return isinstance(value, Tensor) and value.ndim > 0
+
+
+def _moments(
+    optimizer: torch.optim.Optimizer, params: Mapping[str, nn.Parameter], key: str
+) -> dict[str, Tensor]:
+    """The ``key`` entries of the parameters that have one, by parameter name."""
+    return {
+        name: optimizer.state[p][key]
+        for name, p in params.items()
+        if key in optimizer.state.get(p, {})
+    }
+
+
+def _moment_keys(
+    optimizer: torch.optim.Optimizer,
+    params: Mapping[str, nn.Parameter],
+    powers: Mapping[str, int],
+) -> set[str]:
+    """The state keys of ``params`` that hold moments; ``ValueError`` for a per-parameter tensor
+    with no known power or not shaped like its parameter."""
+    keys: set[str] = set()
+    for name, param in params.items():
+        for key, value in optimizer.state.get(param, {}).items():
+            if not _is_moment(value):
+                continue
+            if value.shape != param.shape:
+                raise ValueError(
+                    f"optimizer state {key!r} of {name} has shape {tuple(value.shape)}, not its "
+                    f"parameter's {tuple(param.shape)}: no moment transform applies; use the "
+                    "'reset' state policy"
+                )
             if key not in powers:
                 raise ValueError(
                     f"optimizer state {key!r} of {name} has no known transform (known: "
-                    f"{sorted(powers)}); pass moment_powers={{{key!r}: 1 or 2}} or policy='reset'"
+                    f"{sorted(powers)}); pass moment_powers={{{key!r}: 1 or 2}} or use the "
+                    "'reset' state policy"
                 )
-            carried[key] = resize.carry(value, "grad", powers[key])
-        else:
-            carried[key] = value.clone() if isinstance(value, Tensor) else value
-    return carried
+            keys.add(key)
+    return keys

@@ -40,6 +40,8 @@ from growformer.hf.family import (
     check_setting,
     renames,
     require,
+    sizes_from_hf,
+    sizes_to_hf,
 )
 from growformer.model_io import CheckpointError
 
@@ -156,11 +158,7 @@ class Bert(Family):
         return canonical_config(
             name,
             vocab_size=require(hf, "vocab_size", name),
-            max_seq_len=require(hf, "max_position_embeddings", name),
-            n_layers=require(hf, "num_hidden_layers", name),
-            hidden=require(hf, "hidden_size", name),
-            n_heads=require(hf, "num_attention_heads", name),
-            ffn=require(hf, "intermediate_size", name),
+            **sizes_from_hf(hf, name),
             norm="layer",
             norm_eps=hf.get("layer_norm_eps", 1e-12),
             norm_placement="post",
@@ -195,11 +193,7 @@ class Bert(Family):
         c = config
         out = dict(source)
         out.update(
-            max_position_embeddings=int(c.max_seq_len),
-            num_hidden_layers=int(c.n_layers),
-            hidden_size=int(c.hidden),
-            num_attention_heads=int(c.n_heads),
-            intermediate_size=int(c.ffn),
+            sizes_to_hf(c),
             layer_norm_eps=float(c.norm_eps),
             is_decoder=c.causal,
         )

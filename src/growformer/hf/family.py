@@ -317,6 +317,28 @@ class Family(ABC):
 # -- helpers for the config mappings ---------------------------------------------------------------
 
 
+# Canonical size field → config.json key, as BERT, Llama, Qwen2 and Mistral name them.
+SIZE_KEYS: dict[str, str] = {
+    "max_seq_len": "max_position_embeddings",
+    "n_layers": "num_hidden_layers",
+    "hidden": "hidden_size",
+    "n_heads": "num_attention_heads",
+    "ffn": "intermediate_size",
+}
+
+
+def sizes_from_hf(
+    hf: Mapping[str, Any], family: str, keys: Mapping[str, str] = SIZE_KEYS
+) -> dict[str, Any]:
+    """The canonical sizes stored under ``keys`` (field → config.json key), each ``require``d."""
+    return {field: require(hf, key, family) for field, key in keys.items()}
+
+
+def sizes_to_hf(config: ModelConfig, keys: Mapping[str, str] = SIZE_KEYS) -> dict[str, int]:
+    """``config``'s sizes under ``keys`` (field → config.json key), as Python ints."""
+    return {key: int(getattr(config, field)) for field, key in keys.items()}
+
+
 def require(hf: Mapping[str, Any], key: str, family: str) -> Any:
     """``hf[key]``, or a ``FormatError`` naming the missing key."""
     value = hf.get(key, _MISSING)

@@ -31,6 +31,8 @@ from growformer.hf.family import (
     check_setting,
     renames,
     require,
+    sizes_from_hf,
+    sizes_to_hf,
 )
 
 # activation_function → canonical mlp.
@@ -69,6 +71,14 @@ def _join_qkv_bias(ts: tuple[Tensor, ...], c: ModelConfig) -> Tensor:
 
 
 QKV = ("attn.q", "attn.k", "attn.v")
+
+# Canonical size field → config.json key (``n_inner``, the MLP width, may be absent: 4·hidden).
+GPT2_SIZE_KEYS = {
+    "max_seq_len": "n_positions",
+    "n_layers": "n_layer",
+    "hidden": "n_embd",
+    "n_heads": "n_head",
+}
 
 
 class GPT2(Family):
@@ -121,15 +131,12 @@ class GPT2(Family):
         check_setting(name, "add_cross_attention", hf.get("add_cross_attention", False), (False,))
         activation = hf.get("activation_function", "gelu_new")
         check_setting(name, "activation_function", activation, tuple(ACTIVATIONS))
-        hidden = require(hf, "n_embd", name)
+        sizes = sizes_from_hf(hf, name, GPT2_SIZE_KEYS)
         return canonical_config(
             name,
             vocab_size=require(hf, "vocab_size", name),
-            max_seq_len=require(hf, "n_positions", name),
-            n_layers=require(hf, "n_layer", name),
-            hidden=hidden,
-            n_heads=require(hf, "n_head", name),
-            ffn=hf.get("n_inner") or 4 * hidden,
+            **sizes,
+            ffn=hf.get("n_inner") or 4 * sizes["hidden"],
             norm="layer",
             norm_eps=hf.get("layer_norm_epsilon", 1e-5),
             position="learned",
@@ -161,10 +168,7 @@ class GPT2(Family):
         c = config
         out = dict(source)
         out.update(
-            n_positions=int(c.max_seq_len),
-            n_embd=int(c.hidden),
-            n_layer=int(c.n_layers),
-            n_head=int(c.n_heads),
+            sizes_to_hf(c, GPT2_SIZE_KEYS),
             n_inner=int(c.ffn),
             layer_norm_epsilon=float(c.norm_eps),
         )

@@ -32,6 +32,8 @@ from growformer.hf.family import (
     check_setting,
     renames,
     require,
+    sizes_from_hf,
+    sizes_to_hf,
 )
 
 _PROJECTIONS = {
@@ -105,19 +107,15 @@ class LlamaStyle(Family):
     def config_from_hf(self, hf: Mapping[str, Any]) -> ModelConfig:
         name = self.model_type
         check_setting(name, "hidden_act", hf.get("hidden_act", "silu"), ("silu",))
-        heads = require(hf, "num_attention_heads", name)
+        sizes = sizes_from_hf(hf, name)
         head_dim = hf.get("head_dim")  # None: hidden / heads, as the config classes default
         return canonical_config(
             name,
             vocab_size=require(hf, "vocab_size", name),
-            max_seq_len=require(hf, "max_position_embeddings", name),
-            n_layers=require(hf, "num_hidden_layers", name),
-            hidden=require(hf, "hidden_size", name),
-            n_heads=heads,
-            n_kv_heads=hf.get("num_key_value_heads") or heads,
+            **sizes,
+            n_kv_heads=hf.get("num_key_value_heads") or sizes["n_heads"],
             qk_head_dim=head_dim,
             v_head_dim=head_dim,
-            ffn=require(hf, "intermediate_size", name),
             norm="rms",
             norm_eps=hf.get("rms_norm_eps", 1e-6),
             position="rope",
@@ -147,13 +145,9 @@ class LlamaStyle(Family):
         if "layer_types" in out and len(out["layer_types"]) != c.n_layers:
             out["layer_types"] = _layer_types(out["layer_types"], c.n_layers, self.model_type)
         out.update(
-            max_position_embeddings=int(c.max_seq_len),
-            num_hidden_layers=int(c.n_layers),
-            hidden_size=int(c.hidden),
-            num_attention_heads=int(c.n_heads),
+            sizes_to_hf(c),
             num_key_value_heads=int(c.n_kv_heads),
             head_dim=int(c.qk_head_dim),
-            intermediate_size=int(c.ffn),
             rms_norm_eps=float(c.norm_eps),
             rope_parameters=rope,
         )

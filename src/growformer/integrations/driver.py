@@ -165,6 +165,25 @@ class GrowthDriver:
         return self.plan
 
 
+class DrivenCallback:
+    """What a framework's growth callback shows of its ``GrowthDriver`` (``self.driver``):
+    ``events``, ``config`` and ``seq_len``, as the driver documents them."""
+
+    driver: GrowthDriver
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.driver.events
+
+    @property
+    def config(self) -> ModelConfig | None:
+        return self.driver.config
+
+    @property
+    def seq_len(self) -> int:
+        return self.driver.seq_len
+
+
 def _rewarm(growth: GrowthPlan, stage: int, schedulers: list[object]) -> Rewarm | None:
     """The re-warmup of a run whose events re-warm (None otherwise), its window set for a run
     resumed after such an event."""

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from growformer.config import ModelConfig
 from growformer.hf.family import Canonical, Family, FormatError
 from growformer.hf.memory import to_canonical
-from growformer.integrations.optim import carry_state_
 from growformer.integrations.plan import GrowthCallbackError
+from growformer.optimizer import carry_state_
 from growformer.resize import ResizeRecord
 from growformer.train.growth import event_expansion
 from growformer.train.schedule import GrowthEvent

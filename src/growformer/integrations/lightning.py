@@ -18,14 +18,13 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import nn
 
-from growformer.config import ModelConfig
-from growformer.integrations.driver import GrowthDriver
+from growformer.integrations.driver import DrivenCallback, GrowthDriver
 from growformer.integrations.plan import GrowthCallbackError, ScheduleSource
 
 __all__ = ["GrowthCallback", "GrowthCallbackError"]
 
 
-class GrowthCallback(pl.Callback):
+class GrowthCallback(DrivenCallback, pl.Callback):
     """Grow ``pl_module.<attribute>`` on ``schedule``: a ``growformer.train.schedule.Schedule``
     or a TOML run file as ``growformer train`` reads it (fractions of the run's optimizer
     steps, ``trainer.estimated_stepping_batches``).
@@ -41,18 +40,6 @@ class GrowthCallback(pl.Callback):
     def __init__(self, schedule: ScheduleSource, *, attribute: str = "model") -> None:
         self.driver = GrowthDriver(schedule)
         self.attribute = attribute
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return self.driver.events
-
-    @property
-    def config(self) -> ModelConfig | None:
-        return self.driver.config
-
-    @property
-    def seq_len(self) -> int:
-        return self.driver.seq_len
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":

@@ -28,15 +28,14 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
-from growformer.config import ModelConfig
 from growformer.integrations.ddp import rewrap_
-from growformer.integrations.driver import GrowthDriver
+from growformer.integrations.driver import DrivenCallback, GrowthDriver
 from growformer.integrations.plan import GrowthCallbackError, ScheduleSource
 
 __all__ = ["GrowthCallback", "GrowthCallbackError"]
 
 
-class GrowthCallback(TrainerCallback):
+class GrowthCallback(DrivenCallback, TrainerCallback):
     """Grow a ``Trainer``'s model on ``schedule``: a ``growformer.train.schedule.Schedule`` or a
     TOML run file as ``growformer train`` reads it (its fractions are of the Trainer's
     ``max_steps``; its ``[model]`` sizes are the target).
@@ -58,18 +57,6 @@ class GrowthCallback(TrainerCallback):
     def __init__(self, schedule: ScheduleSource) -> None:
         self.driver = GrowthDriver(schedule)
         self.trainer: Trainer | None = None
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return self.driver.events
-
-    @property
-    def config(self) -> ModelConfig | None:
-        return self.driver.config
-
-    @property
-    def seq_len(self) -> int:
-        return self.driver.seq_len
 
     def attach(self, trainer: Trainer) -> GrowthCallback:
         """Add this callback to ``trainer`` and keep the Trainer; returns ``self``."""

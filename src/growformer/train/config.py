@@ -10,7 +10,6 @@ from typing import Any
 from growformer.config import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
-STATE_POLICIES = ("transform", "reset")
 
 
 class TrainConfigError(ValueError):

@@ -24,8 +24,9 @@ from growformer.expand import (
     GrowthOptions,
     layer_order,
 )
+from growformer.optimizer import STATE_POLICIES
 from growformer.train.apollo import stage_depths
-from growformer.train.config import STATE_POLICIES, TrainConfig, TrainConfigError
+from growformer.train.config import TrainConfig, TrainConfigError
 
 GROWTH_METHODS = ("exact", *STACK_METHODS, "lag")
 SCHEDULES = ("scratch", "compound", "stack", "midas", "exact", "apollo", "lag-stack")

@@ -347,3 +347,97 @@ def test_same_target_is_a_copy():
     assert not record.changed()
     for (n, p), (_, q) in zip(model.named_parameters(), grown.named_parameters(), strict=True):
         assert torch.equal(p, q), n
+
+
+# Random fills: seeded, reproducible, independent of threads and chunking of the work
+
+
+def _random_entries(grown, record) -> dict[str, torch.Tensor]:
+    """The new non-zero entries of each matrix: the random ones in an RMSNorm model."""
+    masks = new_entry_masks(grown, record)
+    entries = {
+        n: p.detach()[masks[n] & (p.detach() != 0)]
+        for n, p in grown.named_parameters()
+        if p.ndim == 2
+    }
+    return {n: e for n, e in entries.items() if e.numel()}
+
+
+def test_random_fills_are_reproducible_and_depend_on_the_seed():
+    config = VARIANTS["llama_gqa_tied_eps"]
+    model = make_model(config)
+    target, options = expansion("all_fields_zero", config)
+    a, record = grow(model, target, options)
+    b, _ = grow(model, target, options)
+    c, _ = grow(model, target, replace(options, seed=options.seed + 1))
+    for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q), n
+    new_a, new_c = _random_entries(a, record), _random_entries(c, record)
+    assert new_a
+    for n in new_a:
+        assert not torch.equal(new_a[n], new_c[n]), n
+
+
+def test_random_fills_do_not_repeat_across_tensors_or_growths():
+    """Every tensor, and every growth of a schedule with the same seed, gets its own draws."""
+    config = VARIANTS["llama_mha"].replace(ffn=16)
+    model = make_model(config)
+    once, _ = grow(model, {"ffn": 32})
+    twice, _ = grow(once, {"ffn": 48})
+    up0 = once.state_dict()["layers.0.mlp.up.weight"][16:]
+    up1 = once.state_dict()["layers.1.mlp.up.weight"][16:]
+    gate0 = once.state_dict()["layers.0.mlp.gate.weight"][16:]
+    later = twice.state_dict()["layers.0.mlp.up.weight"][32:]
+    first = torch.stack([up0, up1, gate0, later]).reshape(4, -1)
+    distinct = first[:, None, :] != first[None, :, :]
+    assert distinct.any(-1).sum() == 12  # every pair of the four blocks differs
+
+
+def test_random_fills_have_the_source_scale():
+    """New random entries are centred with the standard deviation of the tensor they extend."""
+    config = tiny_config(hidden=64, ffn=256, n_heads=4)
+    model = make_model(config)
+    source_up = model.state_dict()["layers.0.mlp.up.weight"]
+    grown, _ = grow(model, {"ffn": 1024})
+    new = grown.state_dict()["layers.0.mlp.up.weight"][256:]
+    assert abs(float(new.mean())) < 0.05 * float(source_up.std())
+    assert float(new.std()) == pytest.approx(float(source_up.std()), rel=0.05)
+
+
+def test_fills_split_in_small_chunks_are_exact_and_do_not_depend_on_threads(monkeypatch):
+    """Tiny models fill in one chunk; force many (strided ones included) on pools of 1 and 3
+    threads: the same weights, still exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from growformer.expand import _ops
+
+    config = VARIANTS["gpt2_all_bias"]
+    model = make_model(config)
+    target, options = expansion("all_fields_zero", config)
+    monkeypatch.setattr(_ops.Rng, "CHUNK", 7)
+    monkeypatch.setattr(_ops, "_GRAIN", 4)  # strided chunks copied in several pieces
+    results = []
+    for workers in (1, 3):
+        with ThreadPoolExecutor(workers) as pool:
+            monkeypatch.setattr(_ops, "_fill_pool", lambda pool=pool, n=workers: (pool, n))
+            results.append(grow(model, target, options)[0])
+    for (n, p), q in zip(results[0].named_parameters(), results[1].parameters(), strict=True):
+        assert torch.equal(p, q), n
+    assert_same_function(model, results[0], tokens_for(config), RTOL[torch.float64])
+
+
+@pytest.mark.parametrize("name", ["all_fields_zero", "all_fields_tile"])
+def test_gather_path_for_many_runs_is_exact(monkeypatch, name):
+    """Index maps with more than MAX_RUNS runs move carried entries by one gather instead of
+    run by run: the same values (up to the order of the mean-fill sums)."""
+    from growformer.expand import _ops
+
+    config = VARIANTS["ln_learned_swiglu_tied_headdims"]
+    model = make_model(config)
+    target, options = expansion(name, config)
+    by_runs, _ = grow(model, target, options)
+    monkeypatch.setattr(_ops, "MAX_RUNS", 0)
+    gathered, _ = grow(model, target, options)
+    for (n, p), q in zip(by_runs.named_parameters(), gathered.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14, msg=n)
+    assert_same_function(model, gathered, tokens_for(config), RTOL[torch.float64])

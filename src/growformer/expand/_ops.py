@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+import hashlib
+import math
+import threading
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -50,105 +53,207 @@ class DimChange:
     value_scale: Tensor | None = None
     grad_scale: Tensor | None = None
 
+    def __post_init__(self) -> None:
+        if self.fill not in FILLS:
+            raise GrowthError(f"fill must be one of {', '.join(FILLS)}; got {self.fill!r}")
+
+    @functools.cached_property
+    def carried_runs(self) -> list[tuple[int, int, int]] | None:
+        """``(new_start, old_start, length)`` for each run of consecutive new positions carried
+        from consecutive old ones, or None when there are more than ``MAX_RUNS`` (then the
+        carried entries move by one gather)."""
+        new = (self.index >= 0).nonzero().squeeze(1)
+        old = self.index[new]
+        if not len(new):
+            return []
+        breaks = torch.ones(len(new), dtype=torch.bool)
+        breaks[1:] = (new.diff() != 1) | (old.diff() != 1)
+        starts = breaks.nonzero().squeeze(1)
+        if len(starts) > MAX_RUNS:
+            return None
+        lengths = torch.diff(starts, append=torch.tensor([len(new)]))
+        return list(zip(new[starts].tolist(), old[starts].tolist(), lengths.tolist(), strict=True))
+
+    @functools.cached_property
+    def new_runs(self) -> list[tuple[int, int]]:
+        """``(start, length)`` for each run of consecutive new positions."""
+        new = (self.index < 0).nonzero().squeeze(1)
+        if not len(new):
+            return []
+        breaks = torch.ones(len(new), dtype=torch.bool)
+        breaks[1:] = new.diff() != 1
+        starts = breaks.nonzero().squeeze(1)
+        lengths = torch.diff(starts, append=torch.tensor([len(new)]))
+        return list(zip(new[starts].tolist(), lengths.tolist(), strict=True))
+
+
+MAX_RUNS = 64
+
+
+@dataclass(frozen=True)
+class Step:
+    """An expansion planned from the config alone, before any weight is read.
+
+    ``changes`` names every tensor it grows (the others pass through); ``name`` (the expansion
+    and its sizes, e.g. ``"ffn 2048->3072"``) keeps the random fills of different expansions
+    apart. ``apply_steps`` runs one step or a composition of several in one pass per tensor.
+    """
+
+    config: ModelConfig
+    changes: Mapping[str, DimChange]
+    name: str
+
+
+_Out = TypeVar("_Out", Tensor, Sequence[Tensor])
+
+
+def _stable_seed(*parts: object) -> int:
+    """A 32-bit seed from ``parts``, the same in every process (``hash`` of a str is not).
+    32 bits because the CPU generator (mt19937) reads only those of its seed."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
 
 class Rng:
     """Seeded random fills for the free entries of an expansion, reproducible for a seed.
 
-    On CPU a fill is split into chunks of about ``CHUNK`` entries, each with its own seed, run
-    on a thread pool (one ``normal_`` runs on one core). Inside ``batched()`` fills are queued
-    and run together when the block exits, so small tensors fill in parallel too. The chunking
-    depends on neither the thread count nor the batching, so neither do the values.
+    A fill's values depend only on the seed, ``salt`` (which expansion), the ``key`` the caller
+    passes (which tensor; calls without one are numbered in call order) and the shape of what is
+    filled: not on the order of the fills, the thread count, or whether a composed growth
+    materialized its intermediate stages. On CPU a fill is split into chunks of at most
+    ``CHUNK`` entries (whole rows), each with its own generator; a strided chunk (new columns)
+    is generated in a small per-thread buffer and copied, so no fill allocates memory the size
+    of its block. Given a ``FillQueue`` the fills wait there to run together (see there);
+    otherwise each runs at once.
     """
 
     CHUNK = 1 << 17
-    MAX_QUEUED = 1 << 23
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, salt: str = "", *, queue: FillQueue | None = None) -> None:
         self.seed = seed
+        self.salt = salt
+        self.queue = queue
         self._calls = 0
-        self._queue: list[tuple[Tensor, float, int]] | None = None
-        self._after: list[Callable[[], object]] = []
-        self._queued = 0
 
-    def normal_(self, out: Tensor, std: float) -> Tensor:
-        """Fill ``out`` with Normal(0, std) entries in place (inside ``batched()``: when the block
-        exits). Strided views go through a contiguous buffer, as ``normal_`` is slow on them."""
-        if not out.is_contiguous():
-            buffer = torch.empty_like(out, memory_format=torch.contiguous_format)
-            self.normal_(buffer, std)
-            self.then(lambda: out.copy_(buffer))
-            return out
-        self._calls += 1
-        base = self.seed * 1_000_003 + self._calls * 8191
-        if out.device.type != "cpu" or out.ndim == 0:
-            gen = torch.Generator(device=out.device).manual_seed(base)
-            return out.normal_(0.0, std, generator=gen)
-        rows = max(1, self.CHUNK // max(1, out[0].numel()))
-        jobs = [(chunk, std, base + k) for k, chunk in enumerate(out.split(rows))]
-        if self._queue is None:
-            _run_fills(jobs)
-        else:
-            self._queue.extend(jobs)
-            self._queued += out.numel()
+    def normal_(self, out: _Out, std: float, key: str | None = None) -> _Out:
+        """Fill ``out`` (a tensor, or several filled as one: their chunks are numbered in turn)
+        with Normal(0, std) entries in place (when the queue is flushed, given one); returns
+        ``out``."""
+        blocks = [out] if isinstance(out, Tensor) else list(out)
+        if key is None:
+            self._calls += 1
+            key = f"#{self._calls}"
+        base = _stable_seed(self.seed, self.salt, key)
+        chunks: list[_Chunk] = []
+        for block in blocks:
+            if block.numel() == 0:
+                continue
+            if block.device.type != "cpu" or block.ndim == 0:
+                chunks.append((block, std, (base + len(chunks)) % _SEED_MOD))
+                continue
+            rows = max(1, self.CHUNK // max(1, block[0].numel()))
+            for chunk in block.split(rows):
+                chunks.append((chunk, std, (base + len(chunks)) % _SEED_MOD))
+        queue = self.queue if self.queue is not None else FillQueue()
+        queue.add(key, chunks)
+        if self.queue is None:
+            queue.flush()
         return out
 
-    def then(self, step: Callable[[], object]) -> None:
-        """Run ``step`` once the fills so far are done (now, outside ``batched()``)."""
-        if self._queue is None:
-            step()
+
+class FillQueue:
+    """Random fills waiting to run together: ``flush`` splits them among a thread pool (one
+    ``normal_`` runs on one core) while the caller waits, so the fill threads have the cores to
+    themselves and there are few hand-offs. Whoever reads a filled tensor first checks
+    ``pending(key)`` and flushes that key."""
+
+    def __init__(self) -> None:
+        self._chunks: dict[str, list[_Chunk]] = {}
+
+    def add(self, key: str, chunks: list[_Chunk]) -> None:
+        self._chunks.setdefault(key, []).extend(chunks)
+
+    def pending(self, key: str) -> bool:
+        return key in self._chunks
+
+    def flush(self, key: str | None = None) -> None:
+        """Run the fills queued under ``key`` (all of them when None)."""
+        if key is None:
+            chunks = [c for queued in self._chunks.values() for c in queued]
+            self._chunks = {}
+        else:
+            chunks = self._chunks.pop(key, [])
+        if len(chunks) <= 1 or any(c[0].device.type != "cpu" for c in chunks):
+            for chunk in chunks:
+                _fill(chunk)
             return
-        self._after.append(step)
-        if self._queued >= self.MAX_QUEUED:
-            self._flush()
-
-    def _flush(self) -> None:
-        queue, after = self._queue, self._after
-        self._queue, self._after, self._queued = [], [], 0
-        _run_fills(queue)
-        for step in after:
-            step()
-
-    @contextmanager
-    def batched(self) -> Iterator[None]:
-        """Queue the fills made inside the block and run them in parallel, then the steps given
-        to ``then``: at the end of the block, or sooner once ``MAX_QUEUED`` entries wait (which
-        bounds the memory of the contiguous buffers)."""
-        self._queue, self._after, self._queued = [], [], 0
-        try:
-            yield
-            self._flush()
-        finally:
-            self._queue, self._after, self._queued = None, [], 0
+        pool, workers = _fill_pool()
+        # A few runs of consecutive chunks per thread: balanced, with few hand-offs.
+        share = sum(c[0].numel() for c in chunks) / (4 * workers)
+        groups: list[list[_Chunk]] = [[]]
+        size = 0
+        for chunk in chunks:
+            if size >= share:
+                groups.append([])
+                size = 0
+            groups[-1].append(chunk)
+            size += chunk[0].numel()
+        for _ in pool.map(_fill_all, groups):
+            pass
 
 
-def _run_fills(jobs: list[tuple[Tensor, float, int]]) -> None:
-    def fill(job: tuple[Tensor, float, int]) -> None:
-        chunk, std, seed = job
-        chunk.normal_(0.0, std, generator=torch.Generator().manual_seed(seed))
+_Chunk = tuple[Tensor, float, int]
+_SEED_MOD = 1 << 32
+_GRAIN = 32768  # ATen's parallel grain: copies below it stay on the calling thread
+_buffers = threading.local()
 
-    if len(jobs) == 1:
-        fill(jobs[0])
-    else:
-        list(_fill_pool().map(fill, jobs))
+
+def _fill_all(chunks: list[_Chunk]) -> None:
+    for chunk in chunks:
+        _fill(chunk)
+
+
+def _fill(chunk: _Chunk) -> None:
+    out, std, seed = chunk
+    gen = torch.Generator(device=out.device).manual_seed(seed)
+    if out.is_contiguous():
+        out.normal_(0.0, std, generator=gen)
+        return
+    # normal_ is slow on strided views: fill a contiguous buffer, reused by this thread.
+    if out.device.type != "cpu":
+        out.copy_(
+            torch.empty_like(out, memory_format=torch.contiguous_format).normal_(
+                0.0, std, generator=gen
+            )
+        )
+        return
+    flat = getattr(_buffers, "flat", None)
+    if flat is None or flat.dtype != out.dtype or flat.numel() < out.numel():
+        flat = _buffers.flat = torch.empty(max(out.numel(), Rng.CHUNK), dtype=out.dtype)
+    buffer = flat[: out.numel()].view(out.shape).normal_(0.0, std, generator=gen)
+    # Copied in pieces below the grain, so that a pool thread starts no intra-op threads.
+    rows = max(1, (_GRAIN - 1) // max(1, out[0].numel()))
+    for target, source in zip(out.split(rows), buffer.split(rows), strict=True):
+        target.copy_(source)
 
 
 @functools.cache
-def _fill_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(
-        max_workers=max(1, torch.get_num_threads()), thread_name_prefix="fill"
-    )
+def _fill_pool() -> tuple[ThreadPoolExecutor, int]:
+    workers = max(1, torch.get_num_threads())
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fill"), workers
 
 
-def sample_std(t: Tensor, max_samples: int = 1 << 16) -> float:
+def sample_std(t: Tensor, max_samples: int = 1 << 13) -> float:
     """The standard deviation of ``t``, from 16 evenly spaced contiguous blocks when it is large
-    (cheap on memory bandwidth, representative across rows)."""
+    (cheap on memory bandwidth, representative across rows; 8192 samples estimate it to about
+    1%). The sample stays far below ATen's parallel grain (32768 entries): the reduction runs on
+    the calling thread alone, with no intra-op threads to wake or wait for."""
     flat = t.detach().reshape(-1)
     if flat.numel() < 2:
         return 0.02
     if flat.numel() > max_samples:
         block = max_samples // 16
-        starts = torch.linspace(0, flat.numel() - block, 16).long().tolist()
-        flat = torch.cat([flat[s : s + block] for s in starts])
+        flat = flat.as_strided((16, block), ((flat.numel() - block) // 15, 1))
     std = float(flat.float().std())
     return std if std > 0 else 0.02
 
@@ -193,96 +298,145 @@ def check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
         raise GrowthError(f"{field} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def grow_tensor(old: Tensor, change: DimChange, rng: Rng) -> Tensor:
-    """Build the grown tensor that ``change`` describes (see ``DimChange``)."""
+@torch.no_grad()
+def grow_tensor(
+    old: Tensor,
+    change: DimChange,
+    rng: Rng,
+    *,
+    key: str | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Build the grown tensor that ``change`` describes (see ``DimChange``), writing each entry
+    once: into ``out`` when given (of the grown shape), else into a new tensor. ``key`` names the
+    tensor for ``rng``."""
     dim, index = change.dim, change.index
     shape = list(old.shape)
     shape[dim] = len(index)
-    out = torch.empty(shape, dtype=old.dtype, device=old.device)
-    carried = index >= 0
-    positions = carried.nonzero().squeeze(1)
-    values = old
-    if len(positions):
-        values = _read(old, dim, index[positions])
-        if change.value_scale is not None:
-            scale = change.value_scale[positions].to(device=old.device, dtype=old.dtype)
-            shape_along = [1] * old.ndim
-            shape_along[dim] = -1
-            values = values * scale.reshape(shape_along)
-        _write(out, dim, positions, values)
-    new_positions = (~carried).nonzero().squeeze(1)
-    if len(new_positions):
-        if change.fill not in FILLS:
-            raise GrowthError(f"fill must be one of {', '.join(FILLS)}; got {change.fill!r}")
-        start = _contiguous_start(new_positions)
-        if start is None:
-            new_shape = list(shape)
-            new_shape[dim] = len(new_positions)
-            block = torch.empty(new_shape, dtype=old.dtype, device=old.device)
-        else:
-            block = out.narrow(dim, start, len(new_positions))
-        if change.fill == "zero":
+    if out is None:
+        out = torch.empty(shape, dtype=old.dtype, device=old.device)
+    elif list(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, the change needs {tuple(shape)}")
+    runs = change.carried_runs
+    scale = None
+    if change.value_scale is not None:
+        scale = _along(change.value_scale.to(device=old.device, dtype=old.dtype), dim, old.ndim)
+    if runs is None:
+        carried = (index >= 0).nonzero().squeeze(1)
+        values = old.index_select(dim, index[carried].to(old.device))
+        if scale is not None:
+            values *= scale.index_select(dim, carried.to(old.device))
+        out.index_copy_(dim, carried.to(out.device), values)
+    else:
+        for new_start, old_start, length in runs:
+            source = old.narrow(dim, old_start, length)
+            target = out.narrow(dim, new_start, length)
+            if scale is None:
+                target.copy_(source)
+            else:
+                torch.mul(source, scale.narrow(dim, new_start, length), out=target)
+    blocks = [out.narrow(dim, start, length) for start, length in change.new_runs]
+    if not blocks:
+        return out
+    if change.fill == "zero":
+        for block in blocks:
             block.zero_()
-        elif change.fill == "random":
-            rng.normal_(block, sample_std(old))
-        else:
-            block.copy_(values.mean(dim, keepdim=True).expand_as(block))
-        if start is None:
-            rng.then(lambda: out.index_copy_(dim, new_positions.to(out.device), block))
+    elif change.fill == "random":
+        rng.normal_(blocks, sample_std(old), key=key)
+    else:
+        mean = _carried_mean(out, change)
+        for block in blocks:
+            block.copy_(mean.expand_as(block))
     return out
 
 
+def _along(v: Tensor, dim: int, ndim: int) -> Tensor:
+    shape = [1] * ndim
+    shape[dim] = -1
+    return v.reshape(shape)
+
+
+def _carried_mean(out: Tensor, change: DimChange) -> Tensor:
+    """The mean along ``change.dim`` of the carried entries already written to ``out``."""
+    runs = change.carried_runs
+    if runs is not None and len(runs) == 1:
+        new_start, _, length = runs[0]
+        return out.narrow(change.dim, new_start, length).mean(change.dim, keepdim=True)
+    carried = (change.index >= 0).nonzero().squeeze(1).to(out.device)
+    return out.index_select(change.dim, carried).mean(change.dim, keepdim=True)
+
+
 class Intermediate(dict):
-    """The weights between two steps of a composed growth, which no one else holds: an
-    expansion releases each tensor once it has grown it, so peak memory stays near the size of
-    the result rather than twice it."""
+    """Weights that no one else holds (between two steps of a composed growth): whoever grows
+    them releases each tensor once it has grown it, so peak memory stays near the size of the
+    result rather than twice it."""
 
 
-def apply_changes(
-    state: Mapping[str, Tensor], changes: Mapping[str, DimChange], rng: Rng
+def apply_steps(
+    config: ModelConfig, state: Mapping[str, Tensor], steps: Sequence[Step], seed: int = 0
+) -> Expansion:
+    """Apply ``steps`` (planned from ``config``, each from the previous one's config) one after
+    another, in one pass per tensor: a tensor that several steps change goes through them in
+    turn with its intermediate values in a reused buffer, so only its final value is allocated
+    and written to fresh memory. The result is bitwise what applying the steps one at a time
+    gives. Tensors no step changes pass through by reference; an ``Intermediate`` state is
+    emptied as it is read."""
+    queue = FillQueue()
+    rngs = [Rng(seed, step.name, queue=queue) for step in steps]
+    new_state, record = _apply(state, [(s.changes, r) for s, r in zip(steps, rngs, strict=True)])
+    queue.flush()
+    return Expansion(steps[-1].config if steps else config, new_state, record)
+
+
+@torch.no_grad()
+def _apply(
+    state: Mapping[str, Tensor], steps: Sequence[tuple[Mapping[str, DimChange], Rng]]
 ) -> tuple[dict[str, Tensor], ResizeRecord]:
-    """Grow the tensors named in ``changes``; pass the others through by reference. An
-    ``Intermediate`` state is emptied as it is read."""
-    unknown = sorted(set(changes) - set(state))
-    if unknown:
-        raise KeyError(f"expansion refers to missing weights {unknown}")
+    for changes, _ in steps:
+        unknown = sorted(set(changes) - set(state))
+        if unknown:
+            raise KeyError(f"expansion refers to missing weights {unknown}")
     new_state: dict[str, Tensor] = {}
     record: dict[str, ParamResize] = {}
     consume = isinstance(state, Intermediate)
-    with rng.batched():
-        for name in list(state):
-            tensor = state.pop(name) if consume else state[name]
-            change = changes.get(name)
-            if change is None:
-                new_state[name] = tensor
-                record[name] = ParamResize.identity(name, tensor.ndim)
-                continue
-            new_state[name] = grow_tensor(tensor, change, rng)
-            record[name] = ParamResize.along(
+    buffers = _Buffers()
+    for name in list(state):
+        tensor = state.pop(name) if consume else state[name]
+        resize = ParamResize.identity(name, tensor.ndim)
+        chain = [(c[name], rng) for c, rng in steps if name in c]
+        for k, (change, rng) in enumerate(chain):
+            out = None
+            if k < len(chain) - 1:
+                shape = list(tensor.shape)
+                shape[change.dim] = len(change.index)
+                out = buffers.take(k % 2, shape, tensor)
+            if rng.queue is not None and rng.queue.pending(name):
+                rng.queue.flush(name)  # this step reads what the previous one filled
+            tensor = grow_tensor(tensor, change, rng, key=name, out=out)
+            step = ParamResize.along(
                 name, tensor.ndim, change.dim, change.index, change.value_scale, change.grad_scale
             )
+            resize = step if k == 0 else resize.then(step)
+        new_state[name] = tensor
+        record[name] = resize
     return new_state, ResizeRecord(record)
 
 
-def _contiguous_start(positions: Tensor) -> int | None:
-    """The first position if ``positions`` is an increasing run of consecutive integers."""
-    n = len(positions)
-    first = int(positions[0])
-    if int(positions[-1]) - first == n - 1 and (n == 1 or bool((positions.diff() == 1).all())):
-        return first
-    return None
+class _Buffers:
+    """Two reusable flat buffers for the intermediate values of a tensor that several steps
+    change (step k writes buffer k mod 2 and reads the other)."""
 
+    def __init__(self) -> None:
+        self._flat: list[Tensor | None] = [None, None]
 
-def _read(old: Tensor, dim: int, index: Tensor) -> Tensor:
-    start = _contiguous_start(index)
-    if start is not None:
-        return old.narrow(dim, start, len(index))
-    return old.index_select(dim, index.to(old.device))
-
-
-def _write(out: Tensor, dim: int, positions: Tensor, values: Tensor) -> None:
-    start = _contiguous_start(positions)
-    if start is not None:
-        out.narrow(dim, start, len(positions)).copy_(values)
-    else:
-        out.index_copy_(dim, positions.to(out.device), values.contiguous())
+    def take(self, slot: int, shape: list[int], like: Tensor) -> Tensor:
+        numel = math.prod(shape)
+        flat = self._flat[slot]
+        if (
+            flat is None
+            or flat.numel() < numel
+            or flat.dtype != like.dtype
+            or flat.device != like.device
+        ):
+            flat = self._flat[slot] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return flat[:numel].view(shape)

@@ -14,15 +14,17 @@ from growformer.expand._ops import (
     Expansion,
     GrowthError,
     Intermediate,
+    Step,
+    apply_steps,
     check_choice,
     check_not_smaller,
 )
-from growformer.expand.head_dims import expand_qk_head_dim, expand_v_head_dim
-from growformer.expand.heads import expand_heads
-from growformer.expand.hidden import expand_hidden
-from growformer.expand.layers import LAYER_INITS, insert_layers
-from growformer.expand.mlp import expand_ffn
-from growformer.expand.positions import extend_positions
+from growformer.expand.head_dims import plan_qk_head_dim, plan_v_head_dim
+from growformer.expand.heads import plan_heads
+from growformer.expand.hidden import plan_hidden
+from growformer.expand.layers import LAYER_INITS, check_layers, insert_layers
+from growformer.expand.mlp import plan_ffn
+from growformer.expand.positions import plan_positions
 from growformer.model import Transformer, model_from_state
 from growformer.optimizer import carry_optimizer_state_
 from growformer.resize import ResizeRecord
@@ -102,47 +104,35 @@ def expand_state(
     Order: hidden, qk dim, value dim, heads, MLP width, positions, layers. Head dims before
     heads and layers last, so new heads and layers are created at their final size with fully
     random free weights: every new entry then gets gradient within two optimizer steps.
-    Unchanged tensors pass through by reference.
+    Every step is planned (and validated) before any weight is read; the width steps then run
+    in one pass per tensor (``apply_steps``), bitwise equal to running them one at a time, and
+    new layers are added to the result. Unchanged tensors pass through by reference.
     """
     o = options or GrowthOptions()
     goal = resolve_target(config, target)
-    current = Expansion(config, dict(state), ResizeRecord.identity(state))
-    if goal.hidden != current.config.hidden:
-        current = _then(
-            current,
-            expand_hidden(
-                current.config, current.state, goal.hidden, seed=o.seed, approximate=o.approximate
-            ),
-        )
-    if goal.qk_head_dim != current.config.qk_head_dim:
-        current = _then(
-            current,
-            expand_qk_head_dim(current.config, current.state, goal.qk_head_dim, seed=o.seed),
-        )
-    if goal.v_head_dim != current.config.v_head_dim:
-        current = _then(
-            current,
-            expand_v_head_dim(
-                current.config, current.state, goal.v_head_dim, init=o.width_init, seed=o.seed
-            ),
-        )
-    c = current.config
-    if (goal.n_heads, goal.n_kv_heads) != (c.n_heads, c.n_kv_heads):
-        current = _then(
-            current,
-            expand_heads(
-                c, current.state, goal.n_heads, goal.n_kv_heads, init=o.width_init, seed=o.seed
-            ),
-        )
-    if goal.ffn != current.config.ffn:
-        current = _then(
-            current,
-            expand_ffn(current.config, current.state, goal.ffn, init=o.width_init, seed=o.seed),
-        )
-    if goal.max_seq_len != current.config.max_seq_len:
-        current = _then(
-            current, extend_positions(current.config, current.state, goal.max_seq_len, seed=o.seed)
-        )
+    steps: list[Step] = []
+
+    def now() -> ModelConfig:
+        return steps[-1].config if steps else config
+
+    if goal.hidden != now().hidden:
+        steps.append(plan_hidden(now(), goal.hidden, approximate=o.approximate))
+    if goal.qk_head_dim != now().qk_head_dim:
+        steps.append(plan_qk_head_dim(now(), goal.qk_head_dim))
+    if goal.v_head_dim != now().v_head_dim:
+        steps.append(plan_v_head_dim(now(), goal.v_head_dim, init=o.width_init))
+    if (goal.n_heads, goal.n_kv_heads) != (now().n_heads, now().n_kv_heads):
+        steps.append(plan_heads(now(), goal.n_heads, goal.n_kv_heads, init=o.width_init))
+    if goal.ffn != now().ffn:
+        steps.append(plan_ffn(now(), goal.ffn, init=o.width_init))
+    if goal.max_seq_len != now().max_seq_len:
+        steps.append(plan_positions(now(), goal.max_seq_len))
+    if goal.n_layers != now().n_layers:
+        check_layers(now(), goal.n_layers, o.where, o.layer_init, o.approximate)
+    if steps:
+        current = apply_steps(config, state, steps, o.seed)
+    else:
+        current = Expansion(config, dict(state), ResizeRecord.identity(state))
     if goal.n_layers != current.config.n_layers:
         layers = insert_layers(
             current.config,

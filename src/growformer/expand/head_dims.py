@@ -24,8 +24,8 @@ from growformer.expand._ops import (
     DimChange,
     Expansion,
     GrowthError,
-    Rng,
-    apply_changes,
+    Step,
+    apply_steps,
     check_choice,
     check_not_smaller,
     prefix_index,
@@ -42,6 +42,11 @@ def expand_v_head_dim(
     seed: int = 0,
 ) -> Expansion:
     """Grow every head's value dimension to ``v_head_dim``. Exact for pre- and post-norm."""
+    return apply_steps(config, state, [plan_v_head_dim(config, v_head_dim, init=init)], seed)
+
+
+def plan_v_head_dim(config: ModelConfig, v_head_dim: int, *, init: str = "zero") -> Step:
+    """The step of ``expand_v_head_dim``, planned from the config alone."""
     c = config
     check_not_smaller("v_head_dim", c.v_head_dim, v_head_dim)
     check_choice("width init", init, WIDTH_INITS)
@@ -65,8 +70,8 @@ def expand_v_head_dim(
         if c.attn_bias:
             changes[f"{prefix}v.bias"] = v_bias
         changes[f"{prefix}o.weight"] = o
-    new_state, record = apply_changes(state, changes, Rng(seed))
-    return Expansion(c.replace(v_head_dim=v_head_dim), new_state, record)
+    name = f"v_head_dim {c.v_head_dim}->{v_head_dim}"
+    return Step(c.replace(v_head_dim=v_head_dim), changes, name)
 
 
 def qk_dim_map(old: int, new: int, rope: bool) -> Tensor:
@@ -93,6 +98,11 @@ def expand_qk_head_dim(
 ) -> Expansion:
     """Grow every head's query/key dimension to ``qk_head_dim`` (see the module docstring for the
     softmax-scale and RoPE corrections). Exact for pre- and post-norm."""
+    return apply_steps(config, state, [plan_qk_head_dim(config, qk_head_dim)], seed)
+
+
+def plan_qk_head_dim(config: ModelConfig, qk_head_dim: int) -> Step:
+    """The step of ``expand_qk_head_dim``, planned from the config alone."""
     c = config
     check_not_smaller("qk_head_dim", c.qk_head_dim, qk_head_dim)
     rope = c.position == "rope"
@@ -115,8 +125,7 @@ def expand_qk_head_dim(
     new_config = c.replace(qk_head_dim=qk_head_dim)
     if rope and qk_head_dim != c.qk_head_dim:
         new_config = new_config.replace(rope_theta=c.rope_theta ** (qk_head_dim / c.qk_head_dim))
-    new_state, record = apply_changes(state, changes, Rng(seed))
-    return Expansion(new_config, new_state, record)
+    return Step(new_config, changes, f"qk_head_dim {c.qk_head_dim}->{qk_head_dim}")
 
 
 def _per_head(dims: Tensor, old_dim: int, n_heads: int) -> Tensor:

@@ -23,8 +23,8 @@ from growformer.expand._ops import (
     DimChange,
     Expansion,
     GrowthError,
-    Rng,
-    apply_changes,
+    Step,
+    apply_steps,
     block_rows,
     check_choice,
     check_not_smaller,
@@ -71,6 +71,13 @@ def expand_heads(
 ) -> Expansion:
     """Grow to ``n_heads`` query heads and ``n_kv_heads`` kv heads (default: keep the current
     group size for MHA models, the current kv heads otherwise). Exact for pre- and post-norm."""
+    return apply_steps(config, state, [plan_heads(config, n_heads, n_kv_heads, init=init)], seed)
+
+
+def plan_heads(
+    config: ModelConfig, n_heads: int, n_kv_heads: int | None = None, *, init: str = "zero"
+) -> Step:
+    """The step of ``expand_heads``, planned from the config alone."""
     c = config
     if n_kv_heads is None:
         n_kv_heads = n_heads if c.n_kv_heads == c.n_heads else c.n_kv_heads
@@ -116,5 +123,5 @@ def expand_heads(
                     0, change.index, "zero", grad_scale=change.grad_scale
                 )
         changes[f"{prefix}o.weight"] = o
-    new_state, record = apply_changes(state, changes, Rng(seed))
-    return Expansion(c.replace(n_heads=n_heads, n_kv_heads=n_kv_heads), new_state, record)
+    name = f"heads {c.n_heads}/{c.n_kv_heads}->{n_heads}/{n_kv_heads}"
+    return Step(c.replace(n_heads=n_heads, n_kv_heads=n_kv_heads), changes, name)

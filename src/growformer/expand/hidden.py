@@ -30,8 +30,8 @@ from growformer.expand._ops import (
     DimChange,
     Expansion,
     GrowthError,
-    Rng,
-    apply_changes,
+    Step,
+    apply_steps,
     check_not_smaller,
     prefix_index,
 )
@@ -55,6 +55,11 @@ def expand_hidden(
     approximate: bool = False,
 ) -> Expansion:
     """Grow the residual width to ``hidden``; exact unless ``hidden_growth_inexact_reason``."""
+    return apply_steps(config, state, [plan_hidden(config, hidden, approximate=approximate)], seed)
+
+
+def plan_hidden(config: ModelConfig, hidden: int, *, approximate: bool = False) -> Step:
+    """The step of ``expand_hidden``, planned from the config alone."""
     c = config
     check_not_smaller("hidden", c.hidden, hidden)
     reason = hidden_growth_inexact_reason(c)
@@ -86,6 +91,5 @@ def expand_hidden(
                 changes[f"{prefix}{part}.bias"] = DimChange(0, index, writer_fill)
     if not c.tie_embeddings:
         changes["lm_head.weight"] = reader if c.final_norm else DimChange(1, index, "zero")
-    new_state, record = apply_changes(state, changes, Rng(seed))
     eps = c.norm_eps * c.hidden / hidden
-    return Expansion(c.replace(hidden=hidden, norm_eps=eps), new_state, record)
+    return Step(c.replace(hidden=hidden, norm_eps=eps), changes, f"hidden {c.hidden}->{hidden}")

@@ -21,6 +21,7 @@ from torch import Tensor
 from growformer.config import ModelConfig
 from growformer.expand._ops import (
     Expansion,
+    FillQueue,
     GrowthError,
     Rng,
     check_choice,
@@ -63,6 +64,25 @@ def new_layer_positions(n_old: int, n_new: int, where: str | Sequence[int]) -> l
     return positions
 
 
+def check_layers(
+    config: ModelConfig,
+    n_layers: int,
+    where: str | Sequence[int] = "end",
+    init: str = "identity",
+    approximate: bool = False,
+) -> list[int]:
+    """Validate an ``insert_layers`` call before any weight is read; the new layers' positions."""
+    check_not_smaller("n_layers", config.n_layers, n_layers)
+    check_choice("layer init", init, LAYER_INITS)
+    if config.norm_placement == "post" and n_layers > config.n_layers and not approximate:
+        raise GrowthError(
+            "new layers are not exact in a post-norm model (its norms act even on a zeroed "
+            "block); pass approximate=True"
+        )
+    return new_layer_positions(config.n_layers, n_layers, where)
+
+
+@torch.no_grad()
 def insert_layers(
     config: ModelConfig,
     state: Mapping[str, Tensor],
@@ -75,15 +95,9 @@ def insert_layers(
 ) -> Expansion:
     """Grow to ``n_layers`` blocks; old blocks keep their order and weights."""
     c = config
-    check_not_smaller("n_layers", c.n_layers, n_layers)
-    check_choice("layer init", init, LAYER_INITS)
-    if c.norm_placement == "post" and n_layers > c.n_layers and not approximate:
-        raise GrowthError(
-            "new layers are not exact in a post-norm model (its norms act even on a zeroed "
-            "block); pass approximate=True"
-        )
-    new_positions = set(new_layer_positions(c.n_layers, n_layers, where))
-    rng = Rng(seed)
+    new_positions = set(check_layers(c, n_layers, where, init, approximate))
+    queue = FillQueue()
+    rng = Rng(seed, f"layers {c.n_layers}->{n_layers}", queue=queue)
     layer_names: dict[int, list[str]] = {i: [] for i in range(c.n_layers)}
     new_state: dict[str, Tensor] = {}
     record: dict[str, ParamResize] = {}
@@ -91,19 +105,19 @@ def insert_layers(
         if name.startswith("layers."):
             layer_names[int(name.split(".")[1])].append(name.split(".", 2)[2])
     next_old = 0
-    with rng.batched():
-        for position in range(n_layers):
-            if position not in new_positions:
-                _carry_layer(state, next_old, position, layer_names[next_old], new_state, record)
-                next_old += 1
-                continue
-            neighbour = max(next_old - 1, 0)
-            for suffix in layer_names[neighbour]:
-                source = f"layers.{neighbour}.{suffix}"
-                tensor, carried = _new_layer_weight(state[source], suffix, init, rng)
-                name = f"layers.{position}.{suffix}"
-                new_state[name] = tensor
-                record[name] = _layer_param_record(source, tensor.ndim, tensor.shape[0], carried)
+    for position in range(n_layers):
+        if position not in new_positions:
+            _carry_layer(state, next_old, position, layer_names[next_old], new_state, record)
+            next_old += 1
+            continue
+        neighbour = max(next_old - 1, 0)
+        for suffix in layer_names[neighbour]:
+            source = f"layers.{neighbour}.{suffix}"
+            name = f"layers.{position}.{suffix}"
+            tensor, carried = _new_layer_weight(state[source], suffix, init, rng, name)
+            new_state[name] = tensor
+            record[name] = _layer_param_record(source, tensor.ndim, tensor.shape[0], carried)
+    queue.flush()
     for name, tensor in state.items():
         if not name.startswith("layers."):
             new_state[name] = tensor
@@ -126,15 +140,17 @@ def _carry_layer(
         record[name] = ParamResize.identity(source, state[source].ndim)
 
 
-def _new_layer_weight(neighbour: Tensor, suffix: str, init: str, rng: Rng) -> tuple[Tensor, bool]:
-    """The new block's weight and whether it is carried (copied) from the neighbour."""
+def _new_layer_weight(
+    neighbour: Tensor, suffix: str, init: str, rng: Rng, name: str
+) -> tuple[Tensor, bool]:
+    """The new block's weight ``name`` and whether it is carried (copied) from the neighbour."""
     if suffix.startswith(_ZEROED):
         return torch.zeros_like(neighbour), False
     if init == "copy" or "norm." in suffix:
         return neighbour.clone(), True
     if suffix.endswith("bias"):
         return torch.zeros_like(neighbour), False
-    return rng.normal_(torch.empty_like(neighbour), sample_std(neighbour)), False
+    return rng.normal_(torch.empty_like(neighbour), sample_std(neighbour), key=name), False
 
 
 def _layer_param_record(source: str, ndim: int, rows: int, carried: bool) -> ParamResize:

@@ -17,8 +17,8 @@ from growformer.expand._ops import (
     WIDTH_INITS,
     DimChange,
     Expansion,
-    Rng,
-    apply_changes,
+    Step,
+    apply_steps,
     check_choice,
     check_not_smaller,
     prefix_index,
@@ -35,6 +35,11 @@ def expand_ffn(
     seed: int = 0,
 ) -> Expansion:
     """Widen every MLP to ``ffn`` units. Exact for pre- and post-norm models."""
+    return apply_steps(config, state, [plan_ffn(config, ffn, init=init)], seed)
+
+
+def plan_ffn(config: ModelConfig, ffn: int, *, init: str = "zero") -> Step:
+    """The step of ``expand_ffn``, planned from the config alone."""
     check_not_smaller("ffn", config.ffn, ffn)
     check_choice("width init", init, WIDTH_INITS)
     p = config.ffn
@@ -55,5 +60,4 @@ def expand_ffn(
             if config.mlp_bias:
                 changes[f"{prefix}{part}.bias"] = reader_bias
         changes[f"{prefix}down.weight"] = writer
-    new_state, record = apply_changes(state, changes, Rng(seed))
-    return Expansion(config.replace(ffn=ffn), new_state, record)
+    return Step(config.replace(ffn=ffn), changes, f"ffn {p}->{ffn}")

@@ -14,8 +14,8 @@ from growformer.config import ModelConfig
 from growformer.expand._ops import (
     DimChange,
     Expansion,
-    Rng,
-    apply_changes,
+    Step,
+    apply_steps,
     check_not_smaller,
     prefix_index,
 )
@@ -25,11 +25,16 @@ def extend_positions(
     config: ModelConfig, state: Mapping[str, Tensor], max_seq_len: int, *, seed: int = 0
 ) -> Expansion:
     """Allow sequences up to ``max_seq_len`` tokens."""
+    return apply_steps(config, state, [plan_positions(config, max_seq_len)], seed)
+
+
+def plan_positions(config: ModelConfig, max_seq_len: int) -> Step:
+    """The step of ``extend_positions``, planned from the config alone."""
     check_not_smaller("max_seq_len", config.max_seq_len, max_seq_len)
     changes = {}
     if config.position == "learned":
         changes["pos_emb.weight"] = DimChange(
             0, prefix_index(config.max_seq_len, max_seq_len), "random"
         )
-    new_state, record = apply_changes(state, changes, Rng(seed))
-    return Expansion(config.replace(max_seq_len=max_seq_len), new_state, record)
+    name = f"max_seq_len {config.max_seq_len}->{max_seq_len}"
+    return Step(config.replace(max_seq_len=max_seq_len), changes, name)

@@ -58,8 +58,8 @@ def main() -> None:
         for _ in range(step):
             trainer.step()
         started = time.perf_counter()
-        early = {k: [trainer.try_growth(event.candidate(c), k, c) for c in candidates] for k in ks}
-        final = [trainer.try_growth(event.candidate(c), train.steps - step, c) for c in candidates]
+        early = {k: trainer.try_candidates(event, k) for k in ks}
+        final = trainer.try_candidates(event, train.steps - step)
         best = _best(final, "loss_after")
         picks = {0: _best(early[ks[0]], "loss_at_growth")}
         picks.update({k: _best(early[k], "loss_after") for k in ks})

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -179,17 +178,16 @@ def main() -> None:
     )
     config = PARENT.replace(vocab_size=data.vocab_size)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(
-            config,
-            parent_train,
-            named_schedule("scratch", config, parent_train),
-            data.train,
-            data.val,
-            run_dir,
-            progress=False,
-        )
-        trainer.run()
+    trainer = Trainer(
+        config,
+        parent_train,
+        named_schedule("scratch", config, parent_train),
+        data.train,
+        data.val,
+        None,
+        progress=False,
+    )
+    trainer.run()
     parent = trainer.model.cpu().eval()
     print(
         f"parent: {parent.num_parameters():,} parameters, {args.parent_steps} steps in "

@@ -74,9 +74,9 @@ def _cmd_select(args: argparse.Namespace) -> int:
     checkpoint = latest_checkpoint(args.checkpoint)
     if checkpoint is None:
         raise TrainConfigError(f"{args.checkpoint}: not a checkpoint or a run with checkpoints")
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else None
-    if run_dir is None:
+    if checkpoint.parent.name != CHECKPOINTS:
         raise TrainConfigError(f"{checkpoint}: select needs a checkpoint inside its run folder")
+    run_dir = checkpoint.parent.parent
     spec = load_run_dir(run_dir)
     position = read_position(checkpoint)
     if position.step >= spec.train.steps:
@@ -100,7 +100,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
         progress=False,
     )
     trainer.start()
-    trials = [trainer.try_growth(event.candidate(c), args.steps, c) for c in candidates]
+    trials = trainer.try_candidates(event)
     report = _report(checkpoint, position.step, trials)
     print(report)
     if not args.continue_:

@@ -69,7 +69,7 @@ class TokenBatches(Protocol):
 class RunResult:
     """What a finished run reports: its last validation loss and totals."""
 
-    run_dir: Path
+    run_dir: Path | None
     final_val_loss: float
     steps: int
     tokens: int
@@ -367,14 +367,18 @@ class Trainer:
         self.position.flops += flops
         return Trial(name, event, config, loss_at_growth, loss_after, tuple(losses))
 
+    def try_candidates(self, event: GrowthEvent, steps: int | None = None) -> list[Trial]:
+        """``try_growth`` for each of a ``lag`` event's candidates, in order, each trained
+        ``steps`` steps (default ``event.lag_steps``)."""
+        steps = event.lag_steps if steps is None else steps
+        return [self.try_growth(event.candidate(c), steps, c) for c in event.candidates]
+
     def _grow(self, stage: Stage, step: int) -> None:
         event = stage.event
         assert event is not None
         lag: dict[str, Any] = {}
         if event.method == "lag":
-            trials = [
-                self.try_growth(event.candidate(c), event.lag_steps, c) for c in event.candidates
-            ]
+            trials = self.try_candidates(event)
             chosen = choose(trials)
             event = chosen.event
             lag = {"lag": {"chosen": chosen.name, "trials": trial_records(trials)}}

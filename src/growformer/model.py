@@ -74,15 +74,25 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` that skips its default init on the meta device, where it writes nothing:
+    ``model_from_state`` builds every growth's model there and assigns the weights, and
+    ``Transformer.reset_parameters`` initializes real ones."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         c = config
         self.config = c
-        self.q = nn.Linear(c.hidden, c.n_heads * c.qk_head_dim, bias=c.attn_bias)
-        self.k = nn.Linear(c.hidden, c.n_kv_heads * c.qk_head_dim, bias=c.attn_bias)
-        self.v = nn.Linear(c.hidden, c.n_kv_heads * c.v_head_dim, bias=c.attn_bias)
-        self.o = nn.Linear(c.n_heads * c.v_head_dim, c.hidden, bias=c.attn_out_bias)
+        self.q = Linear(c.hidden, c.n_heads * c.qk_head_dim, bias=c.attn_bias)
+        self.k = Linear(c.hidden, c.n_kv_heads * c.qk_head_dim, bias=c.attn_bias)
+        self.v = Linear(c.hidden, c.n_kv_heads * c.v_head_dim, bias=c.attn_bias)
+        self.o = Linear(c.n_heads * c.v_head_dim, c.hidden, bias=c.attn_out_bias)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         c = self.config
@@ -106,9 +116,9 @@ class MLP(nn.Module):
         super().__init__()
         c = config
         self.kind = c.mlp
-        self.up = nn.Linear(c.hidden, c.ffn, bias=c.mlp_bias)
-        self.gate = nn.Linear(c.hidden, c.ffn, bias=c.mlp_bias) if c.mlp == "swiglu" else None
-        self.down = nn.Linear(c.ffn, c.hidden, bias=c.mlp_bias)
+        self.up = Linear(c.hidden, c.ffn, bias=c.mlp_bias)
+        self.gate = Linear(c.hidden, c.ffn, bias=c.mlp_bias) if c.mlp == "swiglu" else None
+        self.down = Linear(c.ffn, c.hidden, bias=c.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "swiglu":
@@ -151,7 +161,7 @@ class Transformer(nn.Module):
         self.emb_norm = Norm(c.hidden, c.norm, c.norm_eps) if c.norm_placement == "post" else None
         self.layers = nn.ModuleList(Block(c) for _ in range(c.n_layers))
         self.final_norm = Norm(c.hidden, c.norm, c.norm_eps) if c.final_norm else None
-        self.lm_head = None if c.tie_embeddings else nn.Linear(c.hidden, c.vocab_size, bias=False)
+        self.lm_head = None if c.tie_embeddings else Linear(c.hidden, c.vocab_size, bias=False)
         if not self.tok_emb.weight.is_meta:
             self.reset_parameters()
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from growformer import Transformer
 from growformer.data import Dataset
-from growformer.hf import FAMILIES
+from growformer.hf import FAMILIES, from_canonical, to_canonical
 from growformer.train.commands import load_run_data, run_training
 from growformer.train.flops import train_flops_per_token
 from growformer.train.metrics import MetricsLog
@@ -84,7 +85,6 @@ def run_hf_trainer(spec: RunSpec, out: Path, dataset: Dataset) -> None:
     train = spec.train
     target = spec.target.replace(vocab_size=dataset.vocab_size)
     start = spec.schedule.plan(target, train)[0].config
-    torch.manual_seed(train.seed)
     # config_to_hf writes the sizes; a fresh config needs the fields growth leaves alone too.
     fixed = {
         "vocab_size": start.vocab_size,
@@ -92,7 +92,11 @@ def run_hf_trainer(spec: RunSpec, out: Path, dataset: Dataset) -> None:
         "initializer_range": start.init_std,
     }
     config = transformers.LlamaConfig(**FAMILIES["llama"].config_to_hf(start, fixed))
-    model = transformers.LlamaForCausalLM(config)
+    # The weights growformer's trainer starts from (same seed, same init), as a Llama.
+    torch.manual_seed(train.seed)
+    initial = Transformer(start)
+    skeleton = to_canonical(transformers.LlamaForCausalLM(config), copy=False)
+    model = from_canonical(skeleton.with_model(initial), transformers.LlamaForCausalLM)
 
     class StepBatches(torch.utils.data.IterableDataset):
         """The batch of every step, as growformer's trainer draws it at the final length."""
@@ -120,6 +124,9 @@ def run_hf_trainer(spec: RunSpec, out: Path, dataset: Dataset) -> None:
         disable_tqdm=True,
         bf16=train.dtype == "bfloat16",
         seed=train.seed,
+        # The Trainer drops batch keys its model's forward does not name, shift_labels among
+        # them: the labels (already the next tokens) would then be shifted a second time.
+        remove_unused_columns=False,
     )
     trainer = transformers.Trainer(
         model=model, args=arguments, train_dataset=StepBatches(), data_collator=lambda rows: rows[0]

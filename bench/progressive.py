@@ -84,7 +84,8 @@ def run_hf_trainer(spec: RunSpec, out: Path, dataset: Dataset) -> None:
 
     train = spec.train
     target = spec.target.replace(vocab_size=dataset.vocab_size)
-    start = spec.schedule.plan(target, train)[0].config
+    stages = spec.schedule.plan(target, train)
+    start = stages[0].config
     # config_to_hf writes the sizes; a fresh config needs the fields growth leaves alone too.
     fixed = {
         "vocab_size": start.vocab_size,
@@ -99,11 +100,14 @@ def run_hf_trainer(spec: RunSpec, out: Path, dataset: Dataset) -> None:
     model = from_canonical(skeleton.with_model(initial), transformers.LlamaForCausalLM)
 
     class StepBatches(torch.utils.data.IterableDataset):
-        """The batch of every step, as growformer's trainer draws it at the final length."""
+        """The batch of every step, as growformer's trainer draws it: at the stage's sequence
+        length, with as many rows as keep the tokens per step (so the callback folds none)."""
 
         def __iter__(self):
             for step in range(train.steps):
-                inputs, targets = dataset.train.batch_at(step, train.batch_size, train.seq_len)
+                seq_len = [s for s in stages if s.start_step <= step][-1].seq_len
+                rows = train.tokens_per_step // seq_len
+                inputs, targets = dataset.train.batch_at(step, rows, seq_len)
                 yield {"input_ids": inputs, "labels": targets, "shift_labels": targets}
 
     arguments = transformers.TrainingArguments(

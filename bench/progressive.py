@@ -26,6 +26,7 @@ from growformer.data import Dataset
 from growformer.hf import FAMILIES, from_canonical, to_canonical
 from growformer.train.commands import load_run_data, run_training
 from growformer.train.flops import train_flops_per_token
+from growformer.train.lr import lr_at
 from growformer.train.metrics import MetricsLog
 from growformer.train.plot import plot_runs
 from growformer.train.report import speedup_table, summarize
@@ -115,9 +116,7 @@ def run_hf_trainer(spec: RunSpec, out: Path, dataset: Dataset) -> None:
         max_steps=train.steps,
         per_device_train_batch_size=1,
         learning_rate=train.lr,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": train.min_lr_ratio},
-        warmup_steps=train.warmup_steps,
+        optim="adamw_torch",  # growformer's AdamW: torch's default, not the fused kernel
         weight_decay=train.weight_decay,
         adam_beta1=train.beta1,
         adam_beta2=train.beta2,
@@ -132,7 +131,19 @@ def run_hf_trainer(spec: RunSpec, out: Path, dataset: Dataset) -> None:
         # them: the labels (already the next tokens) would then be shifted a second time.
         remove_unused_columns=False,
     )
-    trainer = transformers.Trainer(
+
+    class SameScheduleTrainer(transformers.Trainer):
+        """growformer's learning rate (``lr_at``): the Trainer's linear warmup starts at 0, one
+        step behind it, which alone makes the two runs drift apart."""
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.lr_scheduler is None:
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer or self.optimizer, lambda step: lr_at(step, train) / train.lr
+                )
+            return self.lr_scheduler
+
+    trainer = SameScheduleTrainer(
         model=model, args=arguments, train_dataset=StepBatches(), data_collator=lambda rows: rows[0]
     )
     growth = GrowthCallback(spec.schedule).attach(trainer)

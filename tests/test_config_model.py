@@ -10,6 +10,7 @@ import torch
 from conftest import VARIANTS, make_model, tiny_config, tokens_for
 from growformer import ConfigError, GrowthError, GrowthOptions, ModelConfig, grow, model_from_state
 from growformer.config import SIZE_FIELDS
+from growformer.model import Linear, Transformer
 
 # ModelConfig
 
@@ -210,6 +211,25 @@ def test_model_from_state_uses_the_given_tensors():
     tokens = tokens_for(config)
     with torch.no_grad():
         assert torch.equal(model(tokens), source(tokens))
+
+
+def test_linear_initializes_like_nn_linear_except_on_meta(monkeypatch):
+    torch.manual_seed(3)
+    ours = Linear(5, 4, bias=True)
+    torch.manual_seed(3)
+    reference = torch.nn.Linear(5, 4, bias=True)
+    assert torch.equal(ours.weight, reference.weight)
+    assert torch.equal(ours.bias, reference.bias)
+
+    def no_init(*args, **kwargs):
+        raise AssertionError("nn.Linear's init ran on the meta device")
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", no_init)
+    on_meta = Linear(5, 4, device="meta")
+    assert on_meta.weight.is_meta and on_meta.weight.shape == (4, 5)
+    with torch.device("meta"):
+        model_skeleton = Transformer(tiny_config())
+    assert all(p.is_meta for p in model_skeleton.parameters())
 
 
 def test_model_from_state_rejects_bad_weights():

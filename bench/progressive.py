@@ -116,7 +116,7 @@ def run_hf_trainer(spec: RunSpec, out: Path, dataset: Dataset) -> None:
         max_steps=train.steps,
         per_device_train_batch_size=1,
         learning_rate=train.lr,
-        optim="adamw_torch",  # growformer's AdamW: torch's default, not the fused kernel
+        optim="adamw_torch_fused",  # growformer's AdamW, the fused kernel
         weight_decay=train.weight_decay,
         adam_beta1=train.beta1,
         adam_beta2=train.beta2,

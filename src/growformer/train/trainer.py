@@ -431,14 +431,18 @@ class Trainer:
 
 
 def _adamw(model: nn.Module, train: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (embeddings included) and none on gains and biases."""
+    """AdamW with weight decay on matrices (embeddings included) and none on gains and biases;
+    torch's fused kernel where it has one (CPU and CUDA), else its default implementation."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups: list[dict[str, Any]] = [
         {"params": decay, "weight_decay": train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2))
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    return torch.optim.AdamW(
+        groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=fused or None
+    )
 
 
 def _distributed_rank_world() -> tuple[int, int]:

@@ -64,30 +64,32 @@ class DimChange:
         carried entries move by one gather)."""
         new = (self.index >= 0).nonzero().squeeze(1)
         old = self.index[new]
-        if not len(new):
-            return []
-        breaks = torch.ones(len(new), dtype=torch.bool)
-        breaks[1:] = (new.diff() != 1) | (old.diff() != 1)
-        starts = breaks.nonzero().squeeze(1)
+        starts, lengths = _runs(new, old)
         if len(starts) > MAX_RUNS:
             return None
-        lengths = torch.diff(starts, append=torch.tensor([len(new)]))
         return list(zip(new[starts].tolist(), old[starts].tolist(), lengths.tolist(), strict=True))
 
     @functools.cached_property
     def new_runs(self) -> list[tuple[int, int]]:
         """``(start, length)`` for each run of consecutive new positions."""
         new = (self.index < 0).nonzero().squeeze(1)
-        if not len(new):
-            return []
-        breaks = torch.ones(len(new), dtype=torch.bool)
-        breaks[1:] = new.diff() != 1
-        starts = breaks.nonzero().squeeze(1)
-        lengths = torch.diff(starts, append=torch.tensor([len(new)]))
+        starts, lengths = _runs(new)
         return list(zip(new[starts].tolist(), lengths.tolist(), strict=True))
 
 
 MAX_RUNS = 64
+
+
+def _runs(*positions: Tensor) -> tuple[Tensor, Tensor]:
+    """Where the runs in which every one of ``positions`` (1-D, of one length) steps by +1
+    start, as indices into them, and the runs' lengths."""
+    n = len(positions[0])
+    breaks = torch.zeros(n, dtype=torch.bool)
+    breaks[:1] = True
+    for p in positions:
+        breaks[1:] |= p.diff() != 1
+    starts = breaks.nonzero().squeeze(1)
+    return starts, torch.diff(starts, append=torch.tensor([n]))
 
 
 @dataclass(frozen=True)

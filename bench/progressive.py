@@ -31,6 +31,7 @@ from growformer.train.metrics import MetricsLog
 from growformer.train.plot import plot_runs
 from growformer.train.report import speedup_table, summarize
 from growformer.train.run_config import RunSpec, run_spec
+from growformer.train.schedule import stage_at
 
 HF_TRAINER = "-hf-trainer"
 
@@ -106,9 +107,8 @@ def run_hf_trainer(spec: RunSpec, out: Path, dataset: Dataset) -> None:
 
         def __iter__(self):
             for step in range(train.steps):
-                seq_len = [s for s in stages if s.start_step <= step][-1].seq_len
-                rows = train.tokens_per_step // seq_len
-                inputs, targets = dataset.train.batch_at(step, rows, seq_len)
+                seq_len = stage_at(stages, step).seq_len
+                inputs, targets = dataset.train.batch_at(step, train.rows_at(seq_len), seq_len)
                 yield {"input_ids": inputs, "labels": targets, "shift_labels": targets}
 
     arguments = transformers.TrainingArguments(

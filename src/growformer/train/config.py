@@ -80,6 +80,11 @@ class TrainConfig:
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
 
+    def rows_at(self, seq_len: int) -> int:
+        """Sequences per step at ``seq_len``: a stage of shorter sequences takes more of them,
+        so every step trains on ``tokens_per_step`` tokens."""
+        return self.tokens_per_step // seq_len
+
     @property
     def micro_batch_size(self) -> int:
         return self.batch_size // self.grad_accum

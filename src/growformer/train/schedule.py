@@ -12,7 +12,7 @@ training starts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -130,6 +130,12 @@ class Stage:
     config: ModelConfig
     seq_len: int
     event: GrowthEvent | None
+
+
+def stage_at(stages: Sequence[Stage], step: int) -> Stage:
+    """The stage that trains step ``step`` (0-based): the last of ``stages`` (a ``plan``) to
+    start at or before it."""
+    return [s for s in stages if s.start_step <= step][-1]
 
 
 @dataclass(frozen=True)

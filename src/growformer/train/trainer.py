@@ -44,7 +44,7 @@ from growformer.train.growth import apply_event_
 from growformer.train.lag import Trial, choose, trial_records
 from growformer.train.lr import lr_at
 from growformer.train.metrics import MetricsLog
-from growformer.train.schedule import GrowthEvent, Schedule, Stage, schedule_to_dict
+from growformer.train.schedule import GrowthEvent, Schedule, Stage, schedule_to_dict, stage_at
 
 # Seeds the per-step depth draws apart from any other use of (seed, step).
 DEPTH_STREAM = 0x4150
@@ -113,7 +113,7 @@ class Trainer:
         self.rank, self.world = _distributed_rank_world()
         self.writes = self.rank == 0 and self.run_dir is not None
         for stage in self.stages:
-            rows = self.rows(stage.seq_len)
+            rows = self.train.rows_at(stage.seq_len)
             if (
                 rows % (self.world * train.grad_accum)
                 or rows * stage.seq_len != train.tokens_per_step
@@ -237,13 +237,8 @@ class Trainer:
             self._log_row(loss, self.val_loss if is_eval else None, stage)
         return loss
 
-    def rows(self, seq_len: int) -> int:
-        """Sequences per step at ``seq_len``: a stage of shorter sequences takes more of them,
-        so every step trains on ``train.tokens_per_step`` tokens."""
-        return self.train.tokens_per_step // seq_len
-
     def _stage_at(self, step: int) -> Stage:
-        return [s for s in self.stages if s.start_step <= step][-1]
+        return stage_at(self.stages, step)
 
     def _train_step(self, step: int, seq_len: int) -> float:
         train = self.train
@@ -273,7 +268,7 @@ class Trainer:
         return float(total)
 
     def _rank_rows(self, step: int, seq_len: int) -> tuple[Tensor, Tensor]:
-        inputs, targets = self.train_data.batch_at(step, self.rows(seq_len), seq_len)
+        inputs, targets = self.train_data.batch_at(step, self.train.rows_at(seq_len), seq_len)
         rows = inputs.shape[0] // self.world
         mine = slice(self.rank * rows, (self.rank + 1) * rows)
         return inputs[mine].to(self.device), targets[mine].to(self.device)
@@ -307,7 +302,7 @@ class Trainer:
     @torch.no_grad()
     def batch_loss(self, step: int, seq_len: int) -> float:
         """The loss of the current model on the whole batch of ``step`` (no update)."""
-        inputs, targets = self.train_data.batch_at(step, self.rows(seq_len), seq_len)
+        inputs, targets = self.train_data.batch_at(step, self.train.rows_at(seq_len), seq_len)
         self.model.eval()
         loss = self._loss(self.model, inputs.to(self.device), targets.to(self.device))
         return float(loss)

@@ -113,15 +113,17 @@ def plan_heads(
     o_cols = block_rows(query_map, c.v_head_dim)
     o_value = repeat_rows(1.0 / query_copies, c.v_head_dim) if tiled else None
     o = DimChange(1, o_cols, "zero", value_scale=o_value)
+    biases = {
+        part: DimChange(0, change.index, "zero", grad_scale=change.grad_scale)
+        for part, change in (("q", q), ("k", k), ("v", v))
+    }
     changes: dict[str, DimChange] = {}
     for i in range(c.n_layers):
         prefix = f"layers.{i}.attn."
         for part, change in (("q", q), ("k", k), ("v", v)):
             changes[f"{prefix}{part}.weight"] = change
             if c.attn_bias:
-                changes[f"{prefix}{part}.bias"] = DimChange(
-                    0, change.index, "zero", grad_scale=change.grad_scale
-                )
+                changes[f"{prefix}{part}.bias"] = biases[part]
         changes[f"{prefix}o.weight"] = o
     name = f"heads {c.n_heads}/{c.n_kv_heads}->{n_heads}/{n_kv_heads}"
     return Step(c.replace(n_heads=n_heads, n_kv_heads=n_kv_heads), changes, name)

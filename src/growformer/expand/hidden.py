@@ -70,15 +70,18 @@ def plan_hidden(config: ModelConfig, hidden: int, *, approximate: bool = False) 
     gain_scale = torch.full((hidden,), math.sqrt(c.hidden / hidden), dtype=torch.float64)
     gain = DimChange(0, index, "mean", value_scale=gain_scale, grad_scale=1.0 / gain_scale)
     reader = DimChange(1, index, "random")
-    changes: dict[str, DimChange] = {"tok_emb.weight": DimChange(1, index, writer_fill)}
+    embedding = DimChange(1, index, writer_fill)
+    writer = DimChange(0, index, writer_fill)
+    norm_bias = DimChange(0, index, "zero")
+    changes: dict[str, DimChange] = {"tok_emb.weight": embedding}
     if c.position == "learned":
-        changes["pos_emb.weight"] = DimChange(1, index, writer_fill)
+        changes["pos_emb.weight"] = embedding
     norms = [f"layers.{i}.{n}" for i in range(c.n_layers) for n in ("attn_norm", "mlp_norm")]
     norms += ["final_norm"] * c.final_norm + ["emb_norm"] * (c.norm_placement == "post")
     for norm in norms:
         changes[f"{norm}.weight"] = gain
         if c.norm == "layer":
-            changes[f"{norm}.bias"] = DimChange(0, index, "zero")
+            changes[f"{norm}.bias"] = norm_bias
     for i in range(c.n_layers):
         prefix = f"layers.{i}."
         readers = ["attn.q", "attn.k", "attn.v", "mlp.up"] + ["mlp.gate"] * (c.mlp == "swiglu")
@@ -86,9 +89,9 @@ def plan_hidden(config: ModelConfig, hidden: int, *, approximate: bool = False) 
             changes[f"{prefix}{part}.weight"] = reader
         writers = [("attn.o", c.attn_out_bias), ("mlp.down", c.mlp_bias)]
         for part, has_bias in writers:
-            changes[f"{prefix}{part}.weight"] = DimChange(0, index, writer_fill)
+            changes[f"{prefix}{part}.weight"] = writer
             if has_bias:
-                changes[f"{prefix}{part}.bias"] = DimChange(0, index, writer_fill)
+                changes[f"{prefix}{part}.bias"] = writer
     if not c.tie_embeddings:
         changes["lm_head.weight"] = reader if c.final_norm else DimChange(1, index, "zero")
     eps = c.norm_eps * c.hidden / hidden

@@ -276,6 +276,12 @@ def test_decreasing_group_size_raises():
         grow(model, {"n_heads": 6, "n_kv_heads": 6})
 
 
+def test_qk_growth_whose_rope_base_overflows_raises():
+    model = make_model(tiny_config())
+    with pytest.raises(GrowthError, match="rope_theta"):
+        grow(model, {"qk_head_dim": 8 * 1024})
+
+
 def test_odd_qk_dim_with_rope_raises():
     model = make_model(tiny_config())
     with pytest.raises(GrowthError, match="qk_head_dim"):
@@ -315,14 +321,23 @@ def test_config_target_may_differ_in_derived_fields():
     [
         {"layer_init": "random"},
         {"width_init": "noise"},
+        {"where": "top"},
+        {"where": 2},
+        {"where": (2.7,)},
+        {"where": (True,)},
+        {"approximate": "no"},
+        {"approximate": 0},
+        {"seed": 1.5},
+        {"seed": True},
     ],
 )
 def test_bad_growth_options_raise(options):
+    """Checked when the options are made, not when some later growth first reads them."""
     with pytest.raises(GrowthError, match=next(iter(options))):
         GrowthOptions(**options)
 
 
-@pytest.mark.parametrize("where", ["top", (0, 0), (0, 9), (1,)])
+@pytest.mark.parametrize("where", [(0, 0), (0, 9), (1,), (2, 2, 3)])
 def test_bad_layer_positions_raise(where):
     model = make_model(tiny_config())
     with pytest.raises(GrowthError, match="where"):

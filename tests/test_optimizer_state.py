@@ -240,6 +240,9 @@ def test_unknown_state_policy_is_rejected():
     model, optimizer, _ = trained(config)
     with pytest.raises(ValueError, match="policy"):
         grow_(model, optimizer, {"ffn": config.ffn + 4}, state_policy="keep")
+    with pytest.raises(ValueError, match="policy"):
+        grow_(model, None, {"ffn": config.ffn + 4}, state_policy="keep")
+    assert model.config == config
 
 
 # (5) Param groups.
@@ -284,6 +287,44 @@ def test_frozen_weights_stay_frozen_and_out_of_the_optimizer():
     assert held == {id(p) for p in model.parameters() if p.requires_grad}
     assert id(model.tok_emb.weight) not in held
     train_step(model, optimizer, full_batch(model.config))
+
+
+@pytest.mark.parametrize("policy", ["transform", "reset"])
+def test_parameters_outside_the_model_keep_their_group_and_state(policy):
+    """An optimizer that also trains another module (a task head) keeps training it."""
+    config = VARIANTS["llama_mha"]
+    model = make_model(config)
+    head = torch.nn.Linear(config.hidden, 3, dtype=torch.float64)
+    optimizer = torch.optim.AdamW(
+        [{"params": model.parameters()}, {"params": head.parameters(), "lr": 1e-4}], lr=1e-2
+    )
+    batch = full_batch(config)
+    tokens = batch[:, :-1]
+    (model(tokens).sum() + head(model.hidden_states(tokens)).sum()).backward()
+    optimizer.step()
+    head_state = {
+        p: {k: v.clone() for k, v in optimizer.state[p].items()} for p in head.parameters()
+    }
+    grow_(model, optimizer, {"ffn": config.ffn + 8}, state_policy=policy)
+    assert [id(p) for p in optimizer.param_groups[1]["params"]] == [
+        id(p) for p in head.parameters()
+    ]
+    assert optimizer.param_groups[1]["lr"] == 1e-4
+    for p, state in head_state.items():
+        assert state.keys() == optimizer.state[p].keys()
+        assert all(torch.equal(v, optimizer.state[p][k]) for k, v in state.items())
+    held = {id(p) for p in optimizer.param_groups[0]["params"]}
+    assert held == {id(p) for p in model.parameters()}
+
+
+def test_grow_keeps_frozen_weights_frozen():
+    config = VARIANTS["gpt2_all_bias"]
+    model = make_model(config)
+    model.tok_emb.weight.requires_grad_(False)
+    model.layers[0].attn.q.weight.requires_grad_(False)
+    grown, _ = grow(model, {"hidden": config.hidden + 8, "n_layers": config.n_layers + 1})
+    frozen = {n for n, p in grown.named_parameters() if not p.requires_grad}
+    assert frozen == {"tok_emb.weight", "layers.0.attn.q.weight"}
 
 
 def test_unchanged_weights_keep_their_parameter_objects():

@@ -84,8 +84,10 @@ def carry_state_(
     hold it). ``carry_moments`` maps one moment of every old parameter to the new ones (a first
     moment with power 1, a second with power 2, as ``MOMENT_POWERS`` and ``moment_powers``
     say); other per-parameter entries (``step``) are kept from the source. ``policy="reset"``
-    drops the state (keeping the param groups' settings). A per-parameter tensor with no known
-    power, or not shaped like its parameter, raises ``ValueError`` before anything changes.
+    drops the state (keeping the param groups' settings). Parameters the optimizer holds that
+    are not in ``old_params`` (another module's) stay in their group, after the resized ones,
+    with their state, under either policy. A per-parameter tensor with no known power, or not shaped like
+    its parameter, raises ``ValueError`` before anything changes.
     """
     if policy not in STATE_POLICIES:
         raise ValueError(f"policy must be one of {', '.join(STATE_POLICIES)}; got {policy!r}")
@@ -112,8 +114,13 @@ def carry_state_(
     groups: list[list[nn.Parameter]] = [[] for _ in optimizer.param_groups]
     for name, group in held.items():
         groups[group].append(new_params[name])
+    resized = {id(p) for p in old_params.values()}
     for group, params in zip(optimizer.param_groups, groups, strict=True):
-        group["params"] = params
+        others = [p for p in group["params"] if id(p) not in resized]
+        for p in others:
+            if p in optimizer.state:
+                new_state[p] = optimizer.state[p]
+        group["params"] = params + others
     optimizer.state = new_state
 
 

@@ -22,11 +22,11 @@ from growformer.expand._ops import (
 from growformer.expand.head_dims import plan_qk_head_dim, plan_v_head_dim
 from growformer.expand.heads import plan_heads
 from growformer.expand.hidden import plan_hidden
-from growformer.expand.layers import LAYER_INITS, check_layers, insert_layers
+from growformer.expand.layers import LAYER_INITS, check_layers, check_where, insert_layers
 from growformer.expand.mlp import plan_ffn
 from growformer.expand.positions import plan_positions
 from growformer.model import Transformer, model_from_state
-from growformer.optimizer import carry_optimizer_state_
+from growformer.optimizer import STATE_POLICIES, carry_optimizer_state_
 from growformer.resize import ResizeRecord
 
 # Fields that growth itself changes (qk growth with RoPE moves the base; hidden growth scales eps).
@@ -53,6 +53,11 @@ class GrowthOptions:
     def __post_init__(self) -> None:
         check_choice("layer_init", self.layer_init, LAYER_INITS)
         check_choice("width_init", self.width_init, WIDTH_INITS)
+        check_where(self.where)
+        if not isinstance(self.approximate, bool):
+            raise GrowthError(f"approximate must be True or False; got {self.approximate!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise GrowthError(f"seed must be an int; got {self.seed!r}")
 
 
 def resolve_target(config: ModelConfig, target: ModelConfig | Mapping[str, int]) -> ModelConfig:
@@ -170,6 +175,7 @@ def grow(
         for name, t in result.state.items()
     }
     grown = model_from_state(result.config, state)
+    _follow_requires_grad(grown, dict(model.named_parameters()), result.record)
     grown.train(model.training)
     return grown, result.record
 
@@ -191,6 +197,7 @@ def grow_(
     target, optimizer state with no known transform) neither the model nor the optimizer
     changes. Hooks registered on replaced submodules do not carry over.
     """
+    check_choice("state_policy", state_policy, STATE_POLICIES)
     with torch.no_grad():
         result = expand_state(model.config, dict(model.named_parameters()), target, options)
     return resize_(model, optimizer, result, state_policy=state_policy)
@@ -205,11 +212,11 @@ def resize_(
 ) -> ResizeRecord:
     """Swap ``result`` (any expansion of ``model``'s parameters) into the live model and carry
     ``optimizer`` through its record; the contract of ``grow_``, for any ``Expansion``."""
+    check_choice("state_policy", state_policy, STATE_POLICIES)
     old_params = dict(model.named_parameters())
     skeleton = model_from_state(result.config, result.state)
+    _follow_requires_grad(skeleton, old_params, result.record)
     new_params = dict(skeleton.named_parameters())
-    for name, param in new_params.items():
-        param.requires_grad_(old_params[result.record[name].source].requires_grad)
     if optimizer is not None:
         carry_optimizer_state_(
             optimizer, old_params, new_params, result.record, policy=state_policy
@@ -219,3 +226,12 @@ def resize_(
         setattr(model, name, child)
     model.train(model.training)
     return result.record
+
+
+def _follow_requires_grad(
+    model: Transformer, old_params: Mapping[str, torch.nn.Parameter], record: ResizeRecord
+) -> None:
+    """Each parameter of ``model`` is trainable when the one it grew from was (a frozen weight
+    stays frozen, and a new layer's weights follow their role's source)."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(old_params[record[name].source].requires_grad)

@@ -124,7 +124,18 @@ def plan_qk_head_dim(config: ModelConfig, qk_head_dim: int) -> Step:
             changes[f"{prefix}k.bias"] = k
     new_config = c.replace(qk_head_dim=qk_head_dim)
     if rope and qk_head_dim != c.qk_head_dim:
-        new_config = new_config.replace(rope_theta=c.rope_theta ** (qk_head_dim / c.qk_head_dim))
+        try:
+            theta = c.rope_theta ** (qk_head_dim / c.qk_head_dim)
+        except OverflowError:
+            theta = math.inf
+        if not math.isfinite(theta):
+            raise GrowthError(
+                f"qk_head_dim {c.qk_head_dim}->{qk_head_dim}: the RoPE base must become "
+                f"rope_theta^({qk_head_dim}/{c.qk_head_dim}) = {c.rope_theta}^"
+                f"{qk_head_dim / c.qk_head_dim:g}, which overflows a float; grow qk_head_dim "
+                "in smaller proportion"
+            )
+        new_config = new_config.replace(rope_theta=theta)
     return Step(new_config, changes, f"qk_head_dim {c.qk_head_dim}->{qk_head_dim}")
 
 

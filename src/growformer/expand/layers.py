@@ -55,13 +55,30 @@ def new_layer_positions(n_old: int, n_new: int, where: str | Sequence[int]) -> l
             positions += range(i + 1 + placed, i + 1 + placed + count)
             placed += count
         return positions
-    positions = sorted(int(p) for p in where)
-    if len(set(positions)) != added or any(not 0 <= p < n_new for p in positions):
+    check_where(where)
+    positions = sorted(where)
+    if len(positions) != added or len(set(positions)) != added:
         raise GrowthError(
             f"where: expected {added} distinct new-layer positions in [0, {n_new}), "
             f"got {list(where)}"
         )
+    if any(not 0 <= p < n_new for p in positions):
+        raise GrowthError(f"where: new-layer positions must be in [0, {n_new}), got {list(where)}")
     return positions
+
+
+def check_where(where: object) -> None:
+    """``where`` is one of ``PLACEMENTS`` or a sequence of int positions; else ``GrowthError``."""
+    if isinstance(where, str):
+        check_choice("where", where, PLACEMENTS)
+        return
+    if not isinstance(where, Sequence) or any(
+        isinstance(p, bool) or not isinstance(p, int) for p in where
+    ):
+        raise GrowthError(
+            f"where must be one of {', '.join(PLACEMENTS)} or a sequence of int layer "
+            f"positions; got {where!r}"
+        )
 
 
 def check_layers(

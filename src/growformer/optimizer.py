@@ -86,8 +86,8 @@ def carry_state_(
     say); other per-parameter entries (``step``) are kept from the source. ``policy="reset"``
     drops the state (keeping the param groups' settings). Parameters the optimizer holds that
     are not in ``old_params`` (another module's) stay in their group, after the resized ones,
-    with their state, under either policy. A per-parameter tensor with no known power, or not shaped like
-    its parameter, raises ``ValueError`` before anything changes.
+    with their state, under either policy. A per-parameter tensor with no known power, or not
+    shaped like its parameter, raises ``ValueError`` before anything changes.
     """
     if policy not in STATE_POLICIES:
         raise ValueError(f"policy must be one of {', '.join(STATE_POLICIES)}; got {policy!r}")

@@ -69,7 +69,7 @@ def main() -> None:
             if name.endswith(HF_TRAINER):
                 run_hf_trainer(spec, out / name, dataset)
             else:
-                run_training(spec, out / name, dataset=dataset, progress=False)
+                run_training(spec, out / name, dataset=dataset, overwrite=True, progress=False)
         summaries = [summarize(out / name) for name in names]
         print(f"\nrepeat {repeat + 1}:")
         print(speedup_table(summaries[0], summaries[1:]))

@@ -181,6 +181,74 @@ def test_mismatched_weights_fail_clearly(src: Path, tmp_path: Path, capsys) -> N
     assert "does not match config.json" in capsys.readouterr().err
 
 
+def test_config_with_missing_fields_is_refused(src: Path, tmp_path: Path, capsys) -> None:
+    """A missing field would silently take its default and load another model."""
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    config = json.loads((src / "config.json").read_text())
+    del config["rope_theta"], config["norm_eps"]
+    (partial / "config.json").write_text(json.dumps(config))
+    (partial / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
+    assert cli("info", partial) == 2
+    assert "missing config field(s) ['norm_eps', 'rope_theta']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "dtypes", [{"tok_emb.weight": torch.int64}, {"tok_emb.weight": torch.float16}]
+)
+def test_weights_of_a_wrong_or_mixed_dtype_fail_clearly(
+    src: Path, tmp_path: Path, capsys, dtypes: dict[str, torch.dtype]
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text((src / "config.json").read_text())
+    state = load_file(src / "model.safetensors")
+    state.update({name: state[name].to(dtype) for name, dtype in dtypes.items()})
+    save_file(state, odd / "model.safetensors")
+    assert cli("grow", odd, tmp_path / "out", "--ffn", "96", "--check") == 2
+    err = capsys.readouterr().err
+    assert "one floating-point dtype" in err and "tok_emb.weight" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tol", ["nan", "inf", "-1", "0", "x"])
+def test_tolerance_must_be_a_finite_positive_number(src: Path, tol: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli("verify", src, src, "--tol", tol)
+    assert exit_info.value.code == 2
+    assert "--tol" in capsys.readouterr().err
+
+
+def test_destination_the_system_refuses_fails_in_one_line(src: Path, tmp_path: Path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert cli("init", tmp_path / "afile" / "sub", *TINY) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("growformer init: error:") and "Traceback" not in err
+
+
+def test_overwriting_the_working_folder_leaves_no_debris(tmp_path: Path, monkeypatch) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "old.txt").write_text("x")
+    monkeypatch.chdir(here)
+    assert cli("init", ".", *TINY, "--overwrite") == 0
+    assert sorted(p.name for p in here.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
+def test_output_folder_permissions_follow_the_umask(tmp_path: Path) -> None:
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        assert cli("init", tmp_path / "m", *TINY) == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755
+
+
 def test_console_script_and_module_entry_points(src: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "growformer", "info", str(src)],

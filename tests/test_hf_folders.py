@@ -167,6 +167,15 @@ def _scaled_rope(folder: Path) -> None:
     _edit_config(folder, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4})
 
 
+def _legacy_scaling_beside_rope_parameters(folder: Path) -> None:
+    """transformers applies a legacy rope_scaling even when rope_parameters is there."""
+    _edit_config(
+        folder,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        rope_scaling={"type": "linear", "factor": 2.0},
+    )
+
+
 BAD_FOLDERS = {
     "unknown_model_type": (
         _unknown_model_type,
@@ -177,6 +186,7 @@ BAD_FOLDERS = {
     "pickle_weights_only": (_pickle_weights_only, "growformer reads safetensors weights only"),
     "layers_do_not_match": (_layers_do_not_match, "missing ['model.layers.2."),
     "scaled_rope": (_scaled_rope, "rope_type='linear' is not supported"),
+    "legacy_scaling": (_legacy_scaling_beside_rope_parameters, "rope_scaling="),
 }
 
 

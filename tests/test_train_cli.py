@@ -126,6 +126,47 @@ def test_resume_continues_a_run_and_refuses_other_data(tmp_path, corpus, capsys)
     assert "the data differs" in capsys.readouterr().err
 
 
+def test_a_new_run_refuses_a_non_empty_folder_unless_overwritten(tmp_path, corpus, capsys):
+    """Without --resume, a second run into the same folder would mix their checkpoints."""
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--no-progress"]
+    assert main([*args, "--steps", "4"]) == 0
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert main([*args, "--steps", "2", "--schedule", "stack"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    assert main([*args, "--steps", "2", "--schedule", "stack", "--overwrite"]) == 0
+    assert read_metrics(out)[-1]["step"] == "2"
+    assert [p.name for p in (out / "checkpoints").iterdir()] != before
+    (tmp_path / "afile").write_text("x")
+    base = ["train", "--preset", "tiny", "--data", str(corpus), "--steps", "2"]
+    assert main([*base, "--out", str(tmp_path / "afile")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--temperature", "-1"], "--temperature"),
+        (["--temperature", "nan"], "--temperature"),
+        (["--tokens", "-1"], "--tokens"),
+        (["--prompt", ""], "--prompt"),
+    ],
+)
+def test_generate_bad_input(tmp_path, corpus, capsys, extra, message):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--steps", "2"]
+    assert main([*args, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(out), "--prompt", "The", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_plot_of_a_missing_run_fails_in_one_line(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "nosuch")]) == 2
+    assert "metrics.csv" in capsys.readouterr().err
+
+
 def test_resume_without_a_checkpoint_writes_nothing(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--resume"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -41,8 +42,10 @@ class UsageError(ValueError):
     """A command-line value that is not allowed."""
 
 
-# Errors caused by the user's input: printed as one line, exit status 2.
+# Errors caused by the user's input (OSError: a path the system refuses), printed as one line,
+# exit status 2.
 USER_ERRORS = (
+    OSError,
     ConfigError,
     GrowthError,
     CheckpointError,
@@ -53,9 +56,21 @@ USER_ERRORS = (
 )
 
 
-def _add_sizes(parser: argparse.ArgumentParser) -> None:
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _add_sizes(parser: argparse.ArgumentParser, target: bool) -> None:
     for flag, field in SIZE_FLAGS.items():
-        parser.add_argument(flag, dest=field, type=int, metavar="N", help=f"target {field}")
+        help_text = f"target {field}" if target else field
+        parser.add_argument(flag, dest=field, type=int, metavar="N", help=help_text)
 
 
 def _sizes(args: argparse.Namespace) -> dict[str, int]:
@@ -70,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="write a randomly initialized model folder")
     init.add_argument("dst", metavar="DST")
-    _add_sizes(init)
+    _add_sizes(init, target=False)
     init.add_argument("--vocab", dest="vocab_size", type=int, metavar="V")
     init.add_argument("--norm", choices=("rms", "layer"))
     init.add_argument("--position", choices=("rope", "learned"))
@@ -87,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("src", metavar="SRC", help="a growformer or Hugging Face model folder")
     g.add_argument("dst", metavar="DST", help="the grown model, in the format of SRC")
-    _add_sizes(g)
+    _add_sizes(g, target=True)
     g.add_argument("--layer-init", choices=LAYER_INITS, default="identity")
     g.add_argument("--where", choices=PLACEMENTS, default="end", help="where new layers go")
     g.add_argument("--width-init", choices=WIDTH_INITS, default="zero")
@@ -99,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         "print the measured deviation",
     )
     g.add_argument("--check", action="store_true", help="compare both models before writing")
-    g.add_argument("--tol", type=float, default=DEFAULT_RTOL, help="relative tolerance of --check")
+    g.add_argument(
+        "--tol", type=positive_float, default=DEFAULT_RTOL, help="relative tolerance of --check"
+    )
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     g.set_defaults(run=_cmd_grow)
 
@@ -108,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("b", metavar="B")
     v.add_argument(
         "--tol",
-        type=float,
+        type=positive_float,
         default=DEFAULT_RTOL,
         help="fail (exit 1) when max_abs_diff > TOL·max(1, max|logit|)",
     )
@@ -144,8 +161,6 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _cmd_grow(args: argparse.Namespace) -> int:
     check_destination(args.dst, args.overwrite)
-    if args.tol <= 0:
-        raise UsageError(f"--tol must be > 0, got {args.tol}")
     options = GrowthOptions(
         layer_init=args.layer_init,
         where=args.where,
@@ -205,8 +220,6 @@ def _load(path: str, dtype: torch.dtype) -> Transformer:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    if args.tol <= 0:
-        raise UsageError(f"--tol must be > 0, got {args.tol}")
     dtype = DTYPES[args.dtype]
     a = _load(args.a, dtype)
     b = _load(args.b, dtype)

@@ -134,14 +134,20 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a mapping; unknown keys raise ``ConfigError`` naming them."""
+    def from_dict(cls, data: dict[str, Any], *, complete: bool = False) -> ModelConfig:
+        """Build from a mapping; unknown keys raise ``ConfigError`` naming them.
+
+        ``complete``: every field must be present, as in a saved config (where a missing one
+        would silently take its default and describe another model)."""
         if not isinstance(data, dict):
             raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; allowed: {sorted(known)}")
+        missing = sorted(known - set(data))
+        if complete and missing:
+            raise ConfigError(f"missing config field(s) {missing}")
         return cls(**data)
 
     def to_json(self) -> str:

@@ -218,7 +218,8 @@ class Transformer(nn.Module):
 def model_from_state(config: ModelConfig, state: dict[str, Tensor]) -> Transformer:
     """A Transformer whose parameters *are* the given tensors (no copy, no random init).
 
-    Raises ``KeyError`` naming missing or unexpected weights, ``ValueError`` on a shape mismatch.
+    Raises ``KeyError`` naming missing or unexpected weights, ``ValueError`` on a shape mismatch
+    or when the weights are not all of one floating-point dtype.
     """
     with torch.device("meta"):
         model = Transformer(config)
@@ -235,5 +236,14 @@ def model_from_state(config: ModelConfig, state: dict[str, Tensor]) -> Transform
                 f"weight {name} has shape {tuple(state[name].shape)}, "
                 f"the config needs {tuple(shape)}"
             )
+    by_dtype: dict[torch.dtype, list[str]] = {}
+    for name, tensor in state.items():
+        by_dtype.setdefault(tensor.dtype, []).append(name)
+    if len(by_dtype) > 1 or not next(iter(by_dtype)).is_floating_point:
+        found = "; ".join(
+            f"{str(dtype).removeprefix('torch.')} ({len(names)}, e.g. {names[0]})"
+            for dtype, names in by_dtype.items()
+        )
+        raise ValueError(f"weights must share one floating-point dtype; got {found}")
     model.load_state_dict(state, assign=True)
     return model

@@ -43,22 +43,40 @@ def check_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
 
 @contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` by rename."""
-    path = check_destination(path, overwrite)
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` by rename.
+
+    The folder gets the permissions the umask gives a new folder. When replacing an existing
+    ``path`` fails midway, the old one is put back. A path the system refuses raises
+    ``OSError`` before anything is written.
+    """
+    path = check_destination(path, overwrite).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())
         yield tmp
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
+            try:
+                os.replace(path, old / path.name)
+                try:
+                    os.replace(tmp, path)
+                except OSError:
+                    os.replace(old / path.name, path)
+                    raise
+            finally:
+                shutil.rmtree(old)
         else:
             os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_model(model: Transformer, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -97,7 +115,7 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
             f"{Path(path) / CONFIG_FILE}: model_type {model_type!r} is not {MODEL_TYPE!r}"
         )
     try:
-        return ModelConfig.from_dict(data)
+        return ModelConfig.from_dict(data, complete=True)
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{Path(path) / CONFIG_FILE}: {err}") from err
 

@@ -61,13 +61,17 @@ def rope_theta(hf: Mapping[str, Any], family: str) -> float:
 
     Raises ``FormatError`` for any RoPE other than the default (scaled, partial, per layer type).
     """
+    scaling = hf.get("rope_scaling")
+    if scaling and not (
+        isinstance(scaling, Mapping) and scaling.get("rope_type", scaling.get("type")) == "default"
+    ):
+        # transformers applies a legacy rope_scaling even beside rope_parameters.
+        raise FormatError(
+            f"{family} config.json: rope_scaling={scaling!r} is not supported; "
+            "only the default RoPE is"
+        )
     params = hf.get("rope_parameters")
     if params is None:
-        if hf.get("rope_scaling"):
-            raise FormatError(
-                f"{family} config.json: rope_scaling={hf['rope_scaling']!r} is not supported; "
-                "only the default RoPE is"
-            )
         return float(hf.get("rope_theta", 10000.0))
     if not isinstance(params, Mapping):
         raise FormatError(f"{family} config.json: rope_parameters must be an object")

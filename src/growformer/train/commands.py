@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 from dataclasses import replace
@@ -42,6 +43,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", metavar="DIR", help="run folder (default runs/SCHEDULE)")
     train.add_argument("--steps", type=int, metavar="N", help="override the step budget")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace a non-empty run folder")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=_cmd_train)
 
@@ -93,13 +95,18 @@ def run_training(
     *,
     dataset: Dataset | None = None,
     resume: bool | Path = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> RunResult:
     """Train ``spec`` into ``out`` on ``dataset`` (default: ``load_run_data(spec)``); ``out``
     also gets the tokenizer and ``data.json`` (the data's source, tokenizer size and
     fingerprint: a resumed run must see the same tokens). ``resume``: True for ``out``'s latest
-    checkpoint, or a checkpoint folder (of this run or another) to continue from."""
+    checkpoint, or a checkpoint folder (of this run or another) to continue from. Unless
+    resuming ``out`` itself, ``out`` must be new or empty (``overwrite``: it is removed first);
+    else ``TrainConfigError`` before anything is read or written."""
     out = Path(out)
+    if resume is not True and int(os.environ.get("RANK", "0")) == 0:
+        prepare_run_dir(out, overwrite)
     dataset = dataset or load_run_data(spec)
     data_record = {
         "source": dataset.source,
@@ -127,6 +134,20 @@ def run_training(
     return trainer.run()
 
 
+def prepare_run_dir(out: Path, overwrite: bool = False) -> None:
+    """Make sure a new run does not mix with files already in ``out``: it must be new or empty
+    (``overwrite``: a non-empty one is removed); else ``TrainConfigError``."""
+    if out.exists() and not out.is_dir():
+        raise TrainConfigError(f"run folder {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise TrainConfigError(
+                f"run folder {out} is not empty: pass --resume to continue its run, "
+                "--overwrite to replace it, or another --out"
+            )
+        shutil.rmtree(out)
+
+
 def check_same_data(run_dir: Path, dataset: Dataset) -> None:
     """Raise ``TrainConfigError`` when ``run_dir`` was trained on other tokens than
     ``dataset``'s (its ``data.json`` fingerprint); a run without one passes."""
@@ -143,7 +164,9 @@ def check_same_data(run_dir: Path, dataset: Dataset) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     spec = _spec(args)
     out = Path(args.out or f"runs/{spec.schedule.name}")
-    result = run_training(spec, out, resume=args.resume, progress=not args.no_progress)
+    result = run_training(
+        spec, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(
@@ -160,10 +183,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     dataset = load_run_data(specs["scratch"])
     summaries = []
     for name, spec in specs.items():
-        if (out / name).exists():
-            shutil.rmtree(out / name)
         print(f"== {name} ==")
-        run_training(spec, out / name, dataset=dataset)
+        run_training(spec, out / name, dataset=dataset, overwrite=True)
         summaries.append(summarize(out / name))
     table = speedup_table(summaries[0], summaries[1:])
     plot = plot_runs([out / name for name in DEMO_SCHEDULES], out / "loss.png")
@@ -183,6 +204,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from growformer.data.tokenizer import Tokenizer
     from growformer.train.checkpoint import latest_checkpoint, load_checkpoint
 
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise TrainConfigError(f"--temperature must be a finite number ≥ 0, got {args.temperature}")
+    if args.tokens < 0:
+        raise TrainConfigError(f"--tokens must be ≥ 0, got {args.tokens}")
     run_dir = Path(args.run_dir)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
@@ -193,6 +218,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     model, _, _ = load_checkpoint(checkpoint)
     tokenizer = Tokenizer.load(tokenizer_path)
     prompt = torch.tensor(tokenizer.encode(args.prompt), dtype=torch.long)
+    if prompt.numel() == 0:
+        raise TrainConfigError("--prompt must not be empty: sampling continues a prompt")
     tokens = sample(model, prompt, args.tokens, temperature=args.temperature, seed=args.seed)
     print(tokenizer.decode(tokens.tolist()))
     return 0

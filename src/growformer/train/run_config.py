@@ -144,7 +144,7 @@ def load_run_dir(run_dir: str | Path) -> RunSpec:
         run = json.loads((run_dir / RUN_FILE).read_text())
         data = json.loads((run_dir / DATA_FILE).read_text())
         return RunSpec(
-            ModelConfig.from_dict(run["target"]),
+            ModelConfig.from_dict(run["target"], complete=True),
             TrainConfig(**run["train"]),
             schedule_from_dict(run["schedule"]),
             data["source"],

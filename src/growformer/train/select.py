@@ -10,7 +10,12 @@ from pathlib import Path
 
 from growformer.config import ModelConfig
 from growformer.train.checkpoint import CHECKPOINTS, latest_checkpoint, read_position
-from growformer.train.commands import check_same_data, load_run_data, run_training
+from growformer.train.commands import (
+    check_same_data,
+    load_run_data,
+    prepare_run_dir,
+    run_training,
+)
 from growformer.train.config import TrainConfigError
 from growformer.train.lag import Trial, choose, trials_table
 from growformer.train.run_config import RunSpec, load_run_dir
@@ -71,6 +76,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
         raise TrainConfigError(f"--steps must be an integer ≥ 1, got {args.steps}")
     if args.out and not args.continue_:
         raise TrainConfigError("--out names the continued run: it needs --continue")
+    if args.out:
+        prepare_run_dir(Path(args.out))
     checkpoint = latest_checkpoint(args.checkpoint)
     if checkpoint is None:
         raise TrainConfigError(f"{args.checkpoint}: not a checkpoint or a run with checkpoints")

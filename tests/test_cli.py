@@ -221,6 +221,13 @@ def test_tolerance_must_be_a_finite_positive_number(src: Path, tol: str, capsys)
     assert "--tol" in capsys.readouterr().err
 
 
+def test_grow_tolerance_needs_check(src: Path, tmp_path: Path, capsys) -> None:
+    assert cli("grow", src, tmp_path / "dst", "--ffn", "96", "--tol", "1e-3") == 2
+    assert "--check" in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()
+    assert cli("grow", src, tmp_path / "dst", "--ffn", "96", "--tol", "1e-3", "--check") == 0
+
+
 def test_destination_the_system_refuses_fails_in_one_line(src: Path, tmp_path: Path, capsys):
     (tmp_path / "afile").write_text("x")
     assert cli("init", tmp_path / "afile" / "sub", *TINY) == 2

@@ -115,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--check", action="store_true", help="compare both models before writing")
     g.add_argument(
-        "--tol", type=positive_float, default=DEFAULT_RTOL, help="relative tolerance of --check"
+        "--tol",
+        type=positive_float,
+        default=None,
+        help=f"relative tolerance of --check (default {DEFAULT_RTOL:g})",
     )
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     g.set_defaults(run=_cmd_grow)
@@ -161,6 +164,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _cmd_grow(args: argparse.Namespace) -> int:
     check_destination(args.dst, args.overwrite)
+    if args.tol is not None and not args.check:
+        raise UsageError("--tol is the tolerance of --check: pass --check too")
+    tol = DEFAULT_RTOL if args.tol is None else args.tol
     options = GrowthOptions(
         layer_init=args.layer_init,
         where=args.where,
@@ -188,10 +194,10 @@ def _cmd_grow(args: argparse.Namespace) -> int:
         diff = _difference(source, grown)
         label = "check" if args.check else "approximate growth"
         print(f"{label}: max_abs_diff={diff.max_abs_diff:.3e} (max |logit| {diff.scale:.3g})")
-        if args.check and not diff.within(args.tol):
+        if args.check and not diff.within(tol):
             print(
-                f"growformer: error: grown model differs by {diff.max_abs_diff:.3e} > "
-                f"{args.tol:g}·max(1, {diff.scale:.3g}); nothing written",
+                f"growformer grow: error: grown model differs by {diff.max_abs_diff:.3e} > "
+                f"{tol:g}·max(1, {diff.scale:.3g}); nothing written",
                 file=sys.stderr,
             )
             return 1

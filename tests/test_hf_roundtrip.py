@@ -129,3 +129,37 @@ def test_legacy_gpt2_checkpoint_without_prefix_and_with_mask_buffers(tmp_path: P
     grown = load(tmp_path / "dst")
     error = relative_error(output(model, tokens()), output(grown, tokens()))
     assert error <= RTOL, f"relative error {error:.3e}"
+
+
+@pytest.mark.parametrize("name", ["LlamaModel", "Qwen2Model", "MistralModel"])
+def test_bare_decoder_without_a_head_grows_and_saves(tmp_path: Path, name: str) -> None:
+    """A base model with no lm_head (what AutoModel saves) reads, grows and writes back
+    without one; transformers loads the grown folder with the same hidden states."""
+    import transformers
+
+    family = {"LlamaModel": llama, "Qwen2Model": qwen2, "MistralModel": mistral}[name]
+    with_head = family()
+    base = getattr(transformers, name)(with_head.config)
+    base.load_state_dict(with_head.model.state_dict())
+    src = saved(base.eval(), tmp_path / "src")
+    canonical = hf.read_folder(src)
+    assert canonical.config.tie_embeddings
+    grown = hf.grow_storable(canonical, {"ffn": 64, "n_layers": 3})
+    hf.write_folder(grown, tmp_path / "dst", like=src)
+    with safe_open(str(tmp_path / "dst" / "model.safetensors"), framework="pt") as f:
+        assert not any("lm_head" in key for key in f.keys())  # noqa: SIM118
+    config = json.loads((tmp_path / "dst" / "config.json").read_text())
+    assert config["tie_word_embeddings"] == base.config.tie_word_embeddings
+    ids = tokens()
+    assert (
+        relative_error(output(base, ids), output(load(tmp_path / "dst", "AutoModel"), ids)) < RTOL
+    )
+
+
+def test_missing_kv_heads_default_as_in_transformers(tmp_path: Path) -> None:
+    """MistralConfig defaults num_key_value_heads to 8 (Qwen2Config to 32), not to the heads."""
+    src = saved(mistral(hidden_size=64, num_attention_heads=16, num_key_value_heads=8), tmp_path)
+    config = json.loads((src / "config.json").read_text())
+    del config["num_key_value_heads"]
+    (src / "config.json").write_text(json.dumps(config))
+    assert hf.read_folder(src).config.n_kv_heads == 8

@@ -63,3 +63,27 @@ def test_gpt2_family_limit_is_checked_before_anything_is_written(tmp_path, token
     err = capsys.readouterr().err
     assert "cannot be saved as gpt2" in err and "hidden=24" in err and "keeps the head" in err
     assert not dst.exists()
+
+
+def test_shrink_keeps_the_layer_types_of_the_kept_layers(tmp_path, token_file):
+    """Sliding and full attention stay with their layers when a shrink drops some."""
+    from growformer.shrink import shrink_folder
+
+    source = qwen2(
+        num_hidden_layers=3, use_sliding_window=True, sliding_window=8, max_window_layers=1
+    )
+    src = saved(source, tmp_path / "src")
+    types = json.loads((src / "config.json").read_text())["layer_types"]
+    assert len(set(types)) == 2
+    dst = tmp_path / "dst"
+    shrink_folder(src, dst, {"n_layers": 2}, keep_layers=[0, 2], data=token_file, calib_tokens=128)
+    assert json.loads((dst / "config.json").read_text())["layer_types"] == [types[0], types[2]]
+    load(dst)
+
+
+def test_written_tokenizer_length_fits_the_positions(tmp_path):
+    src = saved(llama(), tmp_path / "src")
+    (src / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}))
+    hf.write_folder(hf.read_folder(src), tmp_path / "dst", like=src)
+    settings = json.loads((tmp_path / "dst" / "tokenizer_config.json").read_text())
+    assert settings["model_max_length"] == 16

@@ -213,6 +213,10 @@ class Family(ABC):
         """
         config = self.config_from_hf(hf_config)
         prefix = self.detect_prefix(list(tensors))
+        if not (prefix or config.tie_embeddings or any(h in tensors for h in self.head)):
+            # A bare base model (LlamaModel) has no head: it runs with the embedding as W_U,
+            # and is written back with none.
+            config = config.replace(tie_embeddings=True)
         ties = self.ties(hf_config, prefix)
         by_name = {hf: (names, rule) for hf, names, rule in self.rules(config, prefix)}
         state: dict[str, Tensor] = {}

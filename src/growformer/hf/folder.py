@@ -205,7 +205,23 @@ def write_folder(
             for file in Path(like).iterdir():
                 if file.is_file() and any(fnmatch.fnmatch(file.name, p) for p in COPIED):
                     shutil.copy2(file, tmp / file.name)
+            _fit_tokenizer_length(tmp / TOKENIZER_CONFIG, canonical.config.max_seq_len)
     return Path(path)
+
+
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def _fit_tokenizer_length(path: Path, max_seq_len: int) -> None:
+    """Lower a copied tokenizer's ``model_max_length`` to the model's (after shrinking the
+    positions), so that ``truncation=True`` gives inputs the model accepts."""
+    if not path.is_file():
+        return
+    settings = json.loads(path.read_text())
+    length = settings.get("model_max_length")
+    if isinstance(length, int | float) and length > max_seq_len:
+        settings["model_max_length"] = max_seq_len
+        path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def _save(tensors: dict[str, Tensor], names: list[str], file: Path, metadata: dict) -> None:

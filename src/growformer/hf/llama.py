@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from growformer.config import ModelConfig
 from growformer.hf.family import (
@@ -103,6 +103,9 @@ class LlamaStyle(Family):
     layer = renames(_LAYER)
     head = renames({"lm_head.weight": "lm_head.weight"})
     ignored = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+    # num_key_value_heads when config.json omits it, as the transformers config class has it
+    # (None: num_attention_heads).
+    default_kv_heads: ClassVar[int | None] = None
 
     @abstractmethod
     def biases(self, hf: Mapping[str, Any]) -> dict[str, bool]:
@@ -117,7 +120,7 @@ class LlamaStyle(Family):
             name,
             vocab_size=require(hf, "vocab_size", name),
             **sizes,
-            n_kv_heads=hf.get("num_key_value_heads") or sizes["n_heads"],
+            n_kv_heads=hf.get("num_key_value_heads", self.default_kv_heads) or sizes["n_heads"],
             qk_head_dim=head_dim,
             v_head_dim=head_dim,
             norm="rms",
@@ -193,6 +196,7 @@ class Llama(LlamaStyle):
 class Qwen2(LlamaStyle):
     model_type = "qwen2"
     architecture = "Qwen2ForCausalLM"
+    default_kv_heads = 32
 
     def biases(self, hf: Mapping[str, Any]) -> dict[str, bool]:
         return {"attn_bias": True, "attn_out_bias": False, "mlp_bias": False}
@@ -201,6 +205,7 @@ class Qwen2(LlamaStyle):
 class Mistral(LlamaStyle):
     model_type = "mistral"
     architecture = "MistralForCausalLM"
+    default_kv_heads = 8
 
     def biases(self, hf: Mapping[str, Any]) -> dict[str, bool]:
         return {"attn_bias": False, "attn_out_bias": False, "mlp_bias": False}

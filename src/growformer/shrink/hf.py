@@ -36,12 +36,16 @@ def subclone_canonical(
         rescale=rescale,
     )
     extras, kept = _cut_extras(source, child.plan, child.report.reader_scale)
+    hf_config = dict(source.source.hf_config)
+    types = hf_config.get("layer_types")
+    if isinstance(types, list) and len(types) == source.config.n_layers:
+        hf_config["layer_types"] = [types[i] for i in child.plan.layers]
     canonical = dataclasses.replace(
         source,
         config=child.config,
         state=child.state,
         extras=extras,
-        source=dataclasses.replace(source.source, kept=kept),
+        source=dataclasses.replace(source.source, hf_config=hf_config, kept=kept),
     )
     return canonical, child
 

@@ -288,6 +288,16 @@ def test_a_schedule_file_that_does_not_parse_is_refused_at_once(tmp_path):
         GrowthCallback(tmp_path / "bad.toml")
 
 
+def test_a_run_file_growth_step_past_its_preset_steps_is_accepted(tmp_path):
+    """The Trainer's max_steps, not the preset's step count (tiny: 40), bounds the steps."""
+    run_file = tmp_path / "late.toml"
+    run_file.write_text(
+        "preset = 'tiny'\n[schedule]\nname = 'late'\nstart = { n_layers = 1 }\n"
+        "[[schedule.grow]]\nstep = 50\nn_layers = 2\n"
+    )
+    GrowthCallback(run_file)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -192,3 +192,12 @@ def test_choose_and_the_table():
     assert row_a.endswith("✓ |") and "| 2 |" in row_a
     with pytest.raises(ValueError, match="at least one trial"):
         choose([])
+
+
+def test_choose_skips_diverged_trials():
+    event = lag_event().candidate("stack")
+    diverged = Trial("nan", event, TARGET, 2.0, float("nan"), (2.0, float("nan")))
+    infinite = Trial("inf", event, TARGET, 2.0, float("inf"), (2.0, float("inf")))
+    finite = Trial("ok", event, TARGET, 2.0, 3.0, (2.5, 3.0))
+    assert choose([diverged, infinite, finite]).name == "ok"
+    assert choose([diverged, infinite]).name == "nan"  # all diverged: the first

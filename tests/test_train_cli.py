@@ -82,6 +82,25 @@ layer_init = "copy"
         ("[model]\nn_heads = 3", "n_heads=3"),
         ("nonsense = 1", "unknown key"),
         ("not toml [", "not valid TOML"),
+        ("train = 5", "[train] must be a table"),
+        ("model = 5", "[model] must be a table"),
+        ("schedule = 5", "schedule must be a name or a table"),
+        ("data = 5", "data must be a path"),
+        ('[schedule]\nname = "stack"\nfactor = 0', "factor must be at least 2"),
+        ('[schedule]\nname = "stack"\nat = "0.3"', "at must be a number"),
+        ('[schedule]\nname = "lag-stack"\ncandidates = "midas"', "candidates must be a list"),
+        ('[schedule]\nname = "compound"\nwhere = "top"', "where must be one of"),
+        ("[schedule]\nname = 5\nstart = { n_layers = 1 }", "name must be a string"),
+        ("[schedule]\nstart = 5", "[schedule.start] must be a table"),
+        ("[schedule]\ngrow = 5", "must be a list of tables"),
+        ("[schedule]\nstart = { seq_len = -32 }", "seq_len must be a positive integer"),
+        ("[schedule]\nstart = { seq_len = 0 }", "seq_len must be a positive integer"),
+        ('[[schedule.grow]]\nstep = "3"\nffn = 512', "step must be an integer"),
+        ("[[schedule.grow]]\nstep = 3.7\nffn = 512", "step must be an integer"),
+        ("[[schedule.grow]]\nstep = true\nffn = 512", "step must be an integer"),
+        ("[[schedule.grow]]\ntokens = 2048.5\nffn = 512", "tokens must be an integer"),
+        ('[[schedule.grow]]\nat = "0.4"\nffn = 512', "at must be a fraction"),
+        ('[[schedule.grow]]\nstep = 3\nn_layers = 2\nseq_len = "64"', "seq_len must be"),
     ],
 )
 def test_bad_run_files_fail_before_anything_is_written(tmp_path, corpus, capsys, toml, message):
@@ -165,6 +184,39 @@ def test_generate_bad_input(tmp_path, corpus, capsys, extra, message):
 def test_plot_of_a_missing_run_fails_in_one_line(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "nosuch")]) == 2
     assert "metrics.csv" in capsys.readouterr().err
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_is_invalid(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--no-progress"]
+    assert main([*args, "--steps", "2"]) == 0
+    before = sorted(p.name for p in out.rglob("*"))
+    config = tmp_path / "bad.toml"
+    config.write_text(f'preset = "tiny"\ndata = "{corpus}"\n[schedule]\nstart = {{ seq_len = 24 }}')
+    assert main(["train", "--config", str(config), "--out", str(out), "--overwrite"]) == 2
+    capsys.readouterr()
+    nope = ["train", "--preset", "tiny", "--data", str(tmp_path / "nope"), "--out", str(out)]
+    assert main([*nope, "--overwrite"]) == 2
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_resume_refuses_a_checkpoint_of_another_schedule(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--no-progress"]
+    assert main([*args, "--steps", "5"]) == 0
+    assert main([*args, "--steps", "10", "--schedule", "stack", "--resume"]) == 2
+    assert "is not stage 0 of schedule 'stack'" in capsys.readouterr().err
+    assert main([*args, "--steps", "3", "--resume"]) == 2
+    assert "past this run's 3 steps" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_reports_its_validation_loss(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--no-progress"]
+    assert main([*args, "--steps", "4"]) == 0
+    first = capsys.readouterr().out.split("final val loss ")[1].split()[0]
+    assert main([*args, "--steps", "4", "--resume"]) == 0
+    assert capsys.readouterr().out.split("final val loss ")[1].split()[0] == first
 
 
 def test_resume_without_a_checkpoint_writes_nothing(tmp_path, corpus, capsys):

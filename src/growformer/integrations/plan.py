@@ -47,13 +47,17 @@ class GrowthPlan:
         return next((s for s in self.stages[1:] if s.start_step == step), None)
 
 
+_ANY_STEPS = 1 << 40  # a step count past every growth step a run file can name
+
+
 def check_source(source: ScheduleSource) -> ScheduleSource:
-    """``source`` validated as far as it can be without the model: a ``Schedule``, or a TOML
-    run file that ``growformer train`` accepts. Raises ``TrainConfigError``."""
+    """``source`` validated as far as it can be without the model and the run's step count (the
+    trainer's ``max_steps`` replaces the run file's): a ``Schedule``, or a TOML run file that
+    ``growformer train`` accepts. Raises ``TrainConfigError``."""
     if isinstance(source, Schedule):
         return source
     if isinstance(source, (str, os.PathLike)):
-        load_run_file(source)
+        load_run_file(source, train_overrides={"steps": _ANY_STEPS})
         return Path(source)
     raise TypeError(f"schedule must be a Schedule or a TOML run file path, got {source!r}")
 

@@ -102,11 +102,13 @@ def run_training(
     also gets the tokenizer and ``data.json`` (the data's source, tokenizer size and
     fingerprint: a resumed run must see the same tokens). ``resume``: True for ``out``'s latest
     checkpoint, or a checkpoint folder (of this run or another) to continue from. Unless
-    resuming ``out`` itself, ``out`` must be new or empty (``overwrite``: it is removed first);
-    else ``TrainConfigError`` before anything is read or written."""
+    resuming ``out`` itself, ``out`` must be new or empty, else ``TrainConfigError`` before
+    anything is read or written; ``overwrite`` removes a non-empty ``out`` once the data and
+    the run are validated."""
     out = Path(out)
-    if resume is not True and int(os.environ.get("RANK", "0")) == 0:
-        prepare_run_dir(out, overwrite)
+    fresh = resume is not True and int(os.environ.get("RANK", "0")) == 0
+    if fresh:
+        check_run_dir(out, overwrite)
     dataset = dataset or load_run_data(spec)
     data_record = {
         "source": dataset.source,
@@ -126,6 +128,8 @@ def run_training(
         resume=resume,
         progress=progress,
     )
+    if fresh and out.is_dir() and any(out.iterdir()):
+        shutil.rmtree(out)
     if trainer.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / DATA_FILE).write_text(json.dumps(data_record) + "\n")
@@ -134,18 +138,16 @@ def run_training(
     return trainer.run()
 
 
-def prepare_run_dir(out: Path, overwrite: bool = False) -> None:
-    """Make sure a new run does not mix with files already in ``out``: it must be new or empty
-    (``overwrite``: a non-empty one is removed); else ``TrainConfigError``."""
+def check_run_dir(out: Path, overwrite: bool = False) -> None:
+    """A new run must not mix with files already in ``out``: ``TrainConfigError`` unless it is
+    new, empty, or ``overwrite`` (the caller removes it)."""
     if out.exists() and not out.is_dir():
         raise TrainConfigError(f"run folder {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise TrainConfigError(
-                f"run folder {out} is not empty: pass --resume to continue its run, "
-                "--overwrite to replace it, or another --out"
-            )
-        shutil.rmtree(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise TrainConfigError(
+            f"run folder {out} is not empty: pass --resume to continue its run, "
+            "--overwrite to replace it, or another --out"
+        )
 
 
 def check_same_data(run_dir: Path, dataset: Dataset) -> None:

@@ -9,6 +9,7 @@ those steps. Trials run one after another, so memory holds one candidate at a ti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +32,14 @@ class Trial:
 
 
 def choose(trials: list[Trial]) -> Trial:
-    """The trial with the lowest validation loss after its steps (the first one on a tie).
+    """The trial with the lowest validation loss after its steps (the first one on a tie); a
+    diverged trial (loss NaN or infinite) only when all diverged (then the first).
 
     Raises ``ValueError`` for an empty list.
     """
     if not trials:
         raise ValueError("LAG needs at least one trial to choose from")
-    return min(trials, key=lambda t: t.loss_after)
+    return min(trials, key=lambda t: (not math.isfinite(t.loss_after), t.loss_after))
 
 
 def trial_records(trials: list[Trial]) -> list[dict[str, Any]]:

@@ -89,6 +89,13 @@ def run_spec(
     ``Schedule.plan`` so a schedule that cannot reach the target fails here.
     """
     base = preset(preset_name)
+    for where, table in (("[model]", model), ("[train]", train)):
+        if table is not None and not isinstance(table, Mapping):
+            raise TrainConfigError(f"{where} must be a table, got {table!r}")
+    if not isinstance(schedule, str | Mapping):
+        raise TrainConfigError(f"schedule must be a name or a table, got {schedule!r}")
+    if data is not None and not isinstance(data, str):
+        raise TrainConfigError(f"data must be a path (a string), got {data!r}")
     _check_keys("[model]", model, ModelConfig)
     _check_keys("[train]", train, TrainConfig)
     try:
@@ -126,10 +133,13 @@ def load_run_file(path: str | Path, train_overrides: Mapping[str, Any] | None = 
     name = data.get("preset", "small")
     if name not in PRESETS:
         raise TrainConfigError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
+    train = data.get("train", {})
+    if not isinstance(train, Mapping):
+        raise TrainConfigError(f"[train] must be a table, got {train!r}")
     return run_spec(
         name,
         model=data.get("model"),
-        train={**data.get("train", {}), **(train_overrides or {})},
+        train={**train, **(train_overrides or {})},
         schedule=data.get("schedule", "scratch"),
         data=data.get("data"),
     )
@@ -179,9 +189,16 @@ def _schedule_from_table(
                 f"[schedule]: {table['name']!r} is a built-in schedule, set by its parameters; "
                 "an explicit schedule (start and grow) needs another name"
             )
-        start = dict(table.get("start", {}))
+        if not isinstance(table.get("name", "custom"), str):
+            raise TrainConfigError(f"[schedule]: name must be a string, got {table['name']!r}")
+        start, grow = table.get("start", {}), table.get("grow", [])
+        if not isinstance(start, Mapping):
+            raise TrainConfigError(f"[schedule.start] must be a table, got {start!r}")
+        if not isinstance(grow, list) or not all(isinstance(e, Mapping) for e in grow):
+            raise TrainConfigError(f"[[schedule.grow]] must be a list of tables, got {grow!r}")
+        start = dict(start)
         start_seq_len = start.pop("seq_len", None)
-        events = tuple(_event(dict(e), train, i) for i, e in enumerate(table.get("grow", [])))
+        events = tuple(_event(dict(e), train, i) for i, e in enumerate(grow))
         return Schedule(table.get("name", "custom"), start, start_seq_len, events)
     params = dict(table)
     name = params.pop("name", "scratch")
@@ -194,6 +211,11 @@ def _event(table: dict[str, Any], train: TrainConfig, index: int) -> GrowthEvent
     if len(anchors) != 1:
         raise TrainConfigError(f"{where}: give exactly one of at (fraction), step or tokens")
     anchor = table.pop(anchors[0])
+    number = isinstance(anchor, int | float) and not isinstance(anchor, bool)
+    if anchors[0] == "at" and not number:
+        raise TrainConfigError(f"{where}: at must be a fraction of the steps, got {anchor!r}")
+    if anchors[0] != "at" and not (number and isinstance(anchor, int)):
+        raise TrainConfigError(f"{where}: {anchors[0]} must be an integer, got {anchor!r}")
     if anchors[0] == "at":
         step = round(anchor * train.steps)
     elif anchors[0] == "tokens":
@@ -210,11 +232,14 @@ def _event(table: dict[str, Any], train: TrainConfig, index: int) -> GrowthEvent
         )
     if "where" in options and isinstance(options["where"], list):
         options["where"] = tuple(options["where"])
-    if isinstance(event_fields.get("candidates"), list):
-        event_fields["candidates"] = tuple(event_fields["candidates"])
+    if "candidates" in event_fields:
+        candidates = event_fields["candidates"]
+        if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
+            raise TrainConfigError(
+                f"{where}: candidates must be a list of names, got {candidates!r}"
+            )
+        event_fields["candidates"] = tuple(candidates)
     try:
-        return GrowthEvent(
-            step=int(step), sizes=sizes, options=GrowthOptions(**options), **event_fields
-        )
+        return GrowthEvent(step=step, sizes=sizes, options=GrowthOptions(**options), **event_fields)
     except (GrowthError, TypeError) as error:
         raise TrainConfigError(f"{where}: {error}") from None

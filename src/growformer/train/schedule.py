@@ -12,6 +12,8 @@ training starts.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -172,11 +174,13 @@ class Schedule:
                 f"allowed: {', '.join(SIZE_FIELDS)}"
             )
         config = _sized(target, self.start, "schedule start")
-        seq_len = self.start_seq_len or train.seq_len
+        _check_seq_len(self.start_seq_len, "schedule start")
+        seq_len = train.seq_len if self.start_seq_len is None else self.start_seq_len
         stages = [Stage(0, 0, config, seq_len, None)]
         previous = 0
         for event in self.events:
             where = f"growth event at step {event.step}"
+            _check_seq_len(event.seq_len, where)
             if not previous < event.step < train.steps:
                 raise TrainConfigError(
                     f"{where}: steps must increase strictly within (0, {train.steps}) "
@@ -207,9 +211,10 @@ class Schedule:
                         )
                     except GrowthError as error:
                         raise TrainConfigError(f"{where}: {concrete.method}: {error}") from None
-            if grown == config and (event.seq_len or seq_len) == seq_len:
+            new_seq_len = seq_len if event.seq_len is None else event.seq_len
+            if grown == config and new_seq_len == seq_len:
                 raise TrainConfigError(f"{where}: changes nothing (give a size or a seq_len)")
-            seq_len = event.seq_len or seq_len
+            seq_len = new_seq_len
             config, previous = grown, event.step
             stages.append(Stage(len(stages), event.step, config, seq_len, event))
         for stage in stages:
@@ -282,6 +287,12 @@ def schedule_from_dict(data: Mapping[str, Any]) -> Schedule:
     )
 
 
+def _check_seq_len(value: object, where: str) -> None:
+    """A stage's ``seq_len``: None (keep the current one) or a positive int."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise TrainConfigError(f"{where}: seq_len must be a positive integer, got {value!r}")
+
+
 def _sized(config: ModelConfig, sizes: Mapping[str, int], where: str) -> ModelConfig:
     try:
         return config.replace(**dict(sizes))
@@ -345,6 +356,8 @@ def stack_schedule(
     target: ModelConfig, train: TrainConfig, *, at: float = 0.3, factor: int = 2
 ) -> Schedule:
     """G_stack: train ``n_layers/factor`` layers, then copy the whole stack ``factor`` times."""
+    if factor < 2:
+        raise TrainConfigError(f"stack: factor must be at least 2, got {factor}")
     if target.n_layers % factor:
         raise TrainConfigError(
             f"stack: factor {factor} must divide the target's n_layers {target.n_layers}"
@@ -505,7 +518,41 @@ def named_schedule(name: str, target: ModelConfig, train: TrainConfig, **params:
     builder's keyword arguments, checked by name."""
     if name not in BUILDERS:
         raise TrainConfigError(f"schedule must be one of {', '.join(SCHEDULES)}; got {name!r}")
+    builder = BUILDERS[name]
+    hints = typing.get_type_hints(builder)
+    for key, value in params.items():
+        if key in hints and not _is_instance(value, hints[key]):
+            raise TrainConfigError(
+                f"schedule {name!r}: {key} must be {_type_name(hints[key])}, got {value!r}"
+            )
     try:
-        return BUILDERS[name](target, train, **params)
-    except TypeError as error:
+        return builder(target, train, **params)
+    except (TypeError, GrowthError) as error:
         raise TrainConfigError(f"schedule {name!r}: {error}") from None
+
+
+def _is_instance(value: object, hint: object) -> bool:
+    """``value`` fits a builder parameter's type (int, float, str, X | None, tuple[str, ...]);
+    a bool is not a number, an int is a float, a list is a tuple."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_is_instance(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is tuple:
+        (item, _) = typing.get_args(hint)
+        return isinstance(value, list | tuple) and all(_is_instance(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)  # type: ignore[arg-type]
+
+
+def _type_name(hint: object) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}s"
+    return {int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))

@@ -11,9 +11,9 @@ from pathlib import Path
 from growformer.config import ModelConfig
 from growformer.train.checkpoint import CHECKPOINTS, latest_checkpoint, read_position
 from growformer.train.commands import (
+    check_run_dir,
     check_same_data,
     load_run_data,
-    prepare_run_dir,
     run_training,
 )
 from growformer.train.config import TrainConfigError
@@ -77,7 +77,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     if args.out and not args.continue_:
         raise TrainConfigError("--out names the continued run: it needs --continue")
     if args.out:
-        prepare_run_dir(Path(args.out))
+        check_run_dir(Path(args.out))
     checkpoint = latest_checkpoint(args.checkpoint)
     if checkpoint is None:
         raise TrainConfigError(f"{args.checkpoint}: not a checkpoint or a run with checkpoints")

@@ -29,13 +29,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from growformer.config import ModelConfig
+from growformer.config import SIZE_FIELDS, ModelConfig
 from growformer.model import Transformer
+from growformer.model_io import load_config
 from growformer.train.apollo import sample_depth, sharing_order
 from growformer.train.checkpoint import (
     RunPosition,
     latest_checkpoint,
     load_checkpoint,
+    read_position,
     save_checkpoint,
 )
 from growformer.train.config import TrainConfig, TrainConfigError
@@ -138,6 +140,27 @@ class Trainer:
             self.checkpoint = latest_checkpoint(resume)
             if self.checkpoint is None:
                 raise TrainConfigError(f"{resume}: not a checkpoint or a run with checkpoints")
+        if self.checkpoint is not None:
+            self._check_checkpoint_fits(self.checkpoint)
+
+    def _check_checkpoint_fits(self, checkpoint: Path) -> None:
+        """The checkpoint must be a point of this run: its step within ``train.steps`` and its
+        model the sizes of the schedule's stage it records."""
+        position = read_position(checkpoint)
+        if position.step > self.train.steps:
+            raise TrainConfigError(
+                f"{checkpoint} is at step {position.step}, past this run's {self.train.steps} steps"
+            )
+        config = load_config(checkpoint / "model")
+        expected = self.stages[position.stage].config if position.stage < len(self.stages) else None
+        if expected is None or any(
+            getattr(config, f) != getattr(expected, f) for f in SIZE_FIELDS if f != "vocab_size"
+        ):
+            sizes = ", ".join(f"{f}={getattr(config, f)}" for f in SIZE_FIELDS)
+            raise TrainConfigError(
+                f"{checkpoint}: its model ({sizes}) is not stage {position.stage} of schedule "
+                f"{self.schedule.name!r}; resume with the schedule the run was trained with"
+            )
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -183,7 +206,8 @@ class Trainer:
             disable=not self.progress,
             dynamic_ncols=True,
         )
-        self.val_loss = math.nan
+        finished = self.position.step >= train.steps
+        self.val_loss = self.evaluate() if finished else math.nan
         try:
             while self.position.step < train.steps:
                 loss = self.step()

@@ -197,6 +197,11 @@ class Schedule:
                 raise TrainConfigError(
                     f"{where}: method 'lag' chooses a depth growth; n_layers must grow"
                 )
+            if event.method == "lag" and event.step + event.lag_steps > train.steps:
+                raise TrainConfigError(
+                    f"{where}: lag_steps {event.lag_steps} would try the candidates past the "
+                    f"run's end (step {train.steps})"
+                )
             if grown.n_layers != config.n_layers:
                 for concrete in [event.candidate(c) for c in event.candidates] or [event]:
                     if concrete.method == "exact":

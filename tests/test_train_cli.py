@@ -89,7 +89,7 @@ layer_init = "copy"
         ('[schedule]\nname = "stack"\nfactor = 0', "factor must be at least 2"),
         ('[schedule]\nname = "stack"\nat = "0.3"', "at must be a number"),
         ('[schedule]\nname = "lag-stack"\ncandidates = "midas"', "candidates must be a list"),
-        ('[schedule]\nname = "lag-stack"\nlag_steps = 100', "past the run's end"),
+        ('[schedule]\nname = "lag-stack"\nlag_steps = 1000', "past the run's end"),
         ('[schedule]\nname = "compound"\nwhere = "top"', "where must be one of"),
         ("[schedule]\nname = 5\nstart = { n_layers = 1 }", "name must be a string"),
         ("[schedule]\nstart = 5", "[schedule.start] must be a table"),

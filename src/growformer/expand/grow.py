@@ -197,7 +197,6 @@ def grow_(
     target, optimizer state with no known transform) neither the model nor the optimizer
     changes. Hooks registered on replaced submodules do not carry over.
     """
-    check_choice("state_policy", state_policy, STATE_POLICIES)
     with torch.no_grad():
         result = expand_state(model.config, dict(model.named_parameters()), target, options)
     return resize_(model, optimizer, result, state_policy=state_policy)

@@ -41,9 +41,9 @@ def new_layer_positions(n_old: int, n_new: int, where: str | Sequence[int]) -> l
     ``end``: after the last layer. ``middle``: all together after old layer ⌈L/2⌉-1.
     ``interleave``: spread evenly, after old layers. A sequence gives the positions directly.
     """
+    check_where(where)
     added = n_new - n_old
     if isinstance(where, str):
-        check_choice("where", where, PLACEMENTS)
         if where == "end":
             return list(range(n_old, n_new))
         if where == "middle":
@@ -55,7 +55,6 @@ def new_layer_positions(n_old: int, n_new: int, where: str | Sequence[int]) -> l
             positions += range(i + 1 + placed, i + 1 + placed + count)
             placed += count
         return positions
-    check_where(where)
     positions = sorted(where)
     if len(positions) != added or len(set(positions)) != added:
         raise GrowthError(

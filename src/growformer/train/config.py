@@ -53,9 +53,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches"):
-            _check_int(name, getattr(self, name), minimum=1)
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("warmup_steps", "checkpoint_every", "log_every", "seed"):
-            _check_int(name, getattr(self, name), minimum=0)
+            check_int(name, getattr(self, name), minimum=0)
         if self.batch_size % self.grad_accum:
             raise TrainConfigError(
                 f"batch_size={self.batch_size} must be a multiple of grad_accum={self.grad_accum}"
@@ -96,7 +96,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def check_int(name: str, value: Any, minimum: int) -> None:
+    """``TrainConfigError`` unless ``value`` is an int (not a bool) ≥ ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise TrainConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
 

@@ -28,7 +28,7 @@ from growformer.expand import (
 )
 from growformer.optimizer import STATE_POLICIES
 from growformer.train.apollo import stage_depths
-from growformer.train.config import TrainConfig, TrainConfigError
+from growformer.train.config import TrainConfig, TrainConfigError, check_int
 
 GROWTH_METHODS = ("exact", *STACK_METHODS, "lag")
 SCHEDULES = ("scratch", "compound", "stack", "midas", "exact", "apollo", "lag-stack")
@@ -96,9 +96,7 @@ class GrowthEvent:
                 f"got {self.block_at!r}"
             )
         for name in ("midas_block", "rewarm_steps", "lag_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise TrainConfigError(f"{where}: {name} must be an integer ≥ 0, got {value!r}")
+            check_int(f"{where}: {name}", getattr(self, name), minimum=0)
         if self.method != "lag":
             if self.candidates or self.lag_steps:
                 raise TrainConfigError(f"{where}: candidates and lag_steps need method = 'lag'")
@@ -293,9 +291,9 @@ def schedule_from_dict(data: Mapping[str, Any]) -> Schedule:
 
 
 def _check_seq_len(value: object, where: str) -> None:
-    """A stage's ``seq_len``: None (keep the current one) or a positive int."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise TrainConfigError(f"{where}: seq_len must be a positive integer, got {value!r}")
+    """A stage's ``seq_len``: None (keep the current one) or an int ≥ 1."""
+    if value is not None:
+        check_int(f"{where}: seq_len", value, minimum=1)
 
 
 def _sized(config: ModelConfig, sizes: Mapping[str, int], where: str) -> ModelConfig:

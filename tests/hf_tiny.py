@@ -76,6 +76,19 @@ def mistral(**changes) -> transformers.PreTrainedModel:
     return _decoder(transformers.MistralConfig, transformers.MistralForCausalLM, **changes)
 
 
+def classifier(family: str, num_labels: int = 3) -> transformers.PreTrainedModel:
+    """A decoder sequence classifier (``…ForSequenceClassification``, pad id 0) of ``family``:
+    ``gpt2``, ``llama``, ``qwen2`` or ``mistral``."""
+    labels = {"num_labels": num_labels, "pad_token_id": 0}
+    if family == "gpt2":
+        config = gpt2(**labels).config
+        return perturbed(transformers.GPT2ForSequenceClassification(config))
+    name = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}[family]
+    config_class = getattr(transformers, f"{name}Config")
+    model_class = getattr(transformers, f"{name}ForSequenceClassification")
+    return _decoder(config_class, model_class, **labels)
+
+
 def bert(model_class: str = "BertModel", **changes) -> transformers.PreTrainedModel:
     config = {**SIZES, "layer_norm_eps": 1e-3, **changes}
     return perturbed(getattr(transformers, model_class)(transformers.BertConfig(**config)))

@@ -8,7 +8,10 @@ same tables drive both directions, so a round trip Hugging Face â†’ canonical â†
 reproduces every tensor bit for bit.
 
 Tensors a family has that the canonical model lacks (BERT's token-type embeddings, pooler and
-MLM head) are carried as *extras* under their Hugging Face names and grown with the model. Tied
+MLM head; a decoder's sequence-classification ``score``) are carried as *extras* under their
+Hugging Face names and grown with the model. A checkpoint with no LM head (a bare base model, or
+a sequence classifier) runs in canonical form with the token embedding as its W_U and is
+written back with no LM head. Tied
 duplicates (an ``lm_head.weight`` stored although tied) are checked equal on reading and written
 again only where the source had them. Legacy buffers that transformers ignores on load (GPT-2's
 causal-mask ``attn.bias``, old ``rotary_emb.inv_freq``) are dropped.
@@ -28,6 +31,7 @@ from torch import Tensor
 
 from growformer.config import ConfigError, ModelConfig
 from growformer.expand import GrowthOptions, expand_state, resolve_target
+from growformer.expand._ops import DimChange, Rng, grow_tensor, prefix_index
 from growformer.model import Transformer, model_from_state
 from growformer.model_io import CheckpointError
 
@@ -150,6 +154,9 @@ class Family(ABC):
     top: ClassVar[dict[str, Rule]]
     layer: ClassVar[dict[str, Rule]]
     head: ClassVar[dict[str, Rule]] = {}  # names outside the base model
+    # Heads other than the LM head that read the final hidden state (dimension 1 is the hidden
+    # size), e.g. a sequence classifier's ``score``: carried as extras.
+    head_readers: ClassVar[tuple[str, ...]] = ()
     embedding: ClassVar[str]  # the token embedding's name, relative to the base model
     tied_by_default: ClassVar[bool] = False  # tie_word_embeddings when config.json omits it
     ignored: ClassVar[re.Pattern[str] | None] = None  # legacy buffers transformers ignores
@@ -177,13 +184,23 @@ class Family(ABC):
 
     def is_extra(self, name: str, prefix: str) -> bool:
         """Whether ``name`` is a family tensor the canonical model lacks (carried as is)."""
-        return False
+        return name in self.head_readers
 
     def grow_extras(
         self, old: ModelConfig, new: ModelConfig, extras: dict[str, Tensor], source: Source
     ) -> dict[str, Tensor]:
-        """The extras of a model grown from ``old`` to ``new``; none unless a family has them."""
-        return extras
+        """The extras of a model grown from ``old`` to ``new``. A head reader gets zero new
+        input columns under hidden growth: exact, since the new coordinates of the final norm's
+        output are zero (RMSNorm) or normalize to zero (LayerNorm, mean-filled)."""
+        if new.hidden == old.hidden:
+            return extras
+        index = prefix_index(old.hidden, new.hidden)
+        return {
+            name: grow_tensor(t, DimChange(1, index, "zero"), Rng(0))
+            if name in self.head_readers
+            else t
+            for name, t in extras.items()
+        }
 
     # -- weights --------------------------------------------------------------------------------
 
@@ -213,9 +230,10 @@ class Family(ABC):
         """
         config = self.config_from_hf(hf_config)
         prefix = self.detect_prefix(list(tensors))
-        if not (prefix or config.tie_embeddings or any(h in tensors for h in self.head)):
-            # A bare base model (LlamaModel) has no head: it runs with the embedding as W_U,
-            # and is written back with none.
+        has_lm_head = config.tie_embeddings or any(h in tensors for h in self.head)
+        if not has_lm_head and (not prefix or any(r in tensors for r in self.head_readers)):
+            # A bare base model (LlamaModel) or a sequence classifier has no LM head: it runs
+            # with the embedding as W_U, and is written back with none.
             config = config.replace(tie_embeddings=True)
         ties = self.ties(hf_config, prefix)
         by_name = {hf: (names, rule) for hf, names, rule in self.rules(config, prefix)}

@@ -117,6 +117,7 @@ class GPT2(Family):
         "mlp.c_proj.weight": transposed("mlp.down.weight"),
     }
     head = renames({"lm_head.weight": "lm_head.weight"})
+    head_readers = ("score.weight",)  # …ForSequenceClassification
     ignored = re.compile(r"(^|\.)h\.\d+\.attn\.(masked_)?bias$")
 
     def config_from_hf(self, hf: Mapping[str, Any]) -> ModelConfig:

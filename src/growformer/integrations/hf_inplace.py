@@ -51,6 +51,12 @@ def canonical_view(model: PreTrainedModel) -> Canonical:
             f"{type(model).__name__} ({canonical.family.model_type}) cannot grow in place "
             f"during training; supported model types: {', '.join(SUPPORTED)}"
         )
+    if canonical.extras:
+        raise GrowthCallbackError(
+            f"{type(model).__name__} cannot grow in place: in-place growth carries the causal "
+            f"LM's weights only, not {sorted(canonical.extras)} (grow the saved folder with "
+            "`growformer grow` instead)"
+        )
     return canonical
 
 

@@ -53,17 +53,21 @@ def subclone_canonical(
 def _cut_extras(
     source: Canonical, plan: SubclonePlan, scale: float
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The extras and ``Source.kept`` tensors of the child. BERT's hidden-sized dimensions keep
-    ``plan.hidden``; a weight that reads the hidden state (the pooler, the heads: dimension 1
-    hidden-sized, the token-type table excepted, which writes) is scaled like every reader;
-    the position buffers follow ``max_seq_len``."""
+    """The extras and ``Source.kept`` tensors of the child. Hidden-sized dimensions keep
+    ``plan.hidden``; a weight that reads the hidden state (a decoder's classifier ``score``;
+    BERT's pooler and heads: dimension 1 hidden-sized, the token-type table excepted, which
+    writes) is scaled like every reader; BERT's position buffers follow ``max_seq_len``."""
     if not source.extras and not source.source.kept:
         return {}, {}
-    if source.family.model_type != "bert":
-        raise FormatError(
-            f"shrinking does not know the extra tensors of {source.family.model_type}: "
-            f"{sorted(source.extras)}"
-        )
+    family = source.family
+    if family.model_type != "bert":
+        unknown = sorted(set(source.extras) - set(family.head_readers))
+        if unknown or source.source.kept:
+            raise FormatError(
+                f"shrinking does not know the extra tensors of {family.model_type}: "
+                f"{unknown or sorted(source.source.kept)}"
+            )
+        return {n: t.index_select(1, plan.hidden) * scale for n, t in source.extras.items()}, {}
     prefix, c = source.source.prefix, plan.target
     extras = {}
     for name, tensor in source.extras.items():

@@ -102,6 +102,7 @@ layer_init = "copy"
         ("[[schedule.grow]]\ntokens = 2048.5\nffn = 512", "tokens must be an integer"),
         ('[[schedule.grow]]\nat = "0.4"\nffn = 512', "at must be a fraction"),
         ('[[schedule.grow]]\nstep = 3\nn_layers = 2\nseq_len = "64"', "seq_len must be"),
+        ("[model]\nmax_seq_len = 64\n[train]\nseq_len = 128", "longer than [model] max_seq_len"),
     ],
 )
 def test_bad_run_files_fail_before_anything_is_written(tmp_path, corpus, capsys, toml, message):

@@ -107,7 +107,12 @@ def run_spec(
     except TypeError as error:
         raise TrainConfigError(f"[train]: {error}") from None
     if target.max_seq_len < train_config.seq_len:
-        target = target.replace(max_seq_len=train_config.seq_len)
+        if model and "max_seq_len" in model:
+            raise TrainConfigError(
+                f"[train] seq_len {train_config.seq_len} is longer than [model] max_seq_len "
+                f"{target.max_seq_len}; raise max_seq_len or shorten seq_len"
+            )
+        target = target.replace(max_seq_len=train_config.seq_len)  # the preset's context
     table = {"name": schedule} if isinstance(schedule, str) else dict(schedule)
     built = _schedule_from_table(table, target, train_config)
     built.plan(target, train_config)

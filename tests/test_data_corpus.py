@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 
 import pytest
 
+from growformer.atomic import atomic_write
 from growformer.data import DataError, Document, split_documents, stdlib_corpus
 from growformer.data.cache import CACHE_ENV, cache_dir, content_hash
 from growformer.data.corpus import build_stdlib_documents, module_docstrings, stdlib_files
@@ -25,6 +28,19 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "growformer"
+
+
+def test_atomic_write_leaves_one_whole_file_with_the_umask_mode(tmp_path):
+    path = tmp_path / "entries" / "f.bin"
+    mask = os.umask(0o027)
+    try:
+        atomic_write(path, b"first")
+        atomic_write(path, b"second")
+    finally:
+        os.umask(mask)
+    assert path.read_bytes() == b"second"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert [p.name for p in path.parent.iterdir()] == ["f.bin"]
 
 
 def test_content_hash_separates_parts():

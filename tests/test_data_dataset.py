@@ -44,6 +44,25 @@ def test_stdlib_subset_dataset(cache):
         assert any((cache / sub).iterdir())
 
 
+@pytest.mark.parametrize(
+    ("entries", "damage"),
+    [
+        ("corpus/*.json", lambda b: b[: len(b) // 2]),
+        ("tokenizer/*.json", lambda b: b""),
+        ("tokens/train-*.bin", lambda b: b[: len(b) // 2]),
+        ("tokens/val-*.bin.json", lambda b: b"{"),
+    ],
+)
+def test_a_damaged_cache_entry_is_built_again_not_trusted(cache, entries, damage):
+    ds = load_dataset(stdlib_modules=SMALL, vocab_size=512, seq_len=64, seed=3)
+    fingerprint, train_tokens = ds.fingerprint, len(ds.train)
+    del ds  # its token files are memory-mapped: cutting them under it would fault
+    (path,) = cache.glob(entries)
+    path.write_bytes(damage(path.read_bytes()))
+    again = load_dataset(stdlib_modules=SMALL, vocab_size=512, seq_len=64, seed=3)
+    assert again.fingerprint == fingerprint and len(again.train) == train_tokens
+
+
 def test_stdlib_train_and_val_are_disjoint_documents():
     ds = load_dataset("stdlib:code", stdlib_modules=["json", "email"], vocab_size=300, seq_len=8)
     text = ds.tokenizer.decode(ds.val.tokens)
@@ -82,6 +101,22 @@ def test_jsonl_with_default_and_custom_field(tmp_path):
     assert "body 7 body 7" in ds.tokenizer.decode(ds.train.tokens) + ds.tokenizer.decode(
         ds.val.tokens
     )
+
+
+def test_jsonl_lines_end_at_newline_only(tmp_path):
+    """U+2028 and U+0085 may stand unescaped inside a JSON string (``str.splitlines`` would
+    break the line there)."""
+    path = tmp_path / "data.jsonl"
+    rows = [{"text": _lines(3, f"r{i}\u2028\u0085-")} for i in range(60)]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    ds = load_dataset(path, vocab_size=300, seq_len=16)
+    all_text = ds.tokenizer.decode(np.concatenate([ds.train.tokens, ds.val.tokens]))
+    assert "r59\u2028\u0085-2: Growing" in all_text
+
+
+def test_an_empty_data_path_is_refused_not_read_as_the_current_folder():
+    with pytest.raises(DataError, match="the data path is empty"):
+        load_dataset("", seq_len=64)
 
 
 def test_bin_file_with_and_without_sidecar(tmp_path):

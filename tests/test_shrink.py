@@ -14,6 +14,7 @@ import torch
 
 from conftest import POST_NORM, VARIANTS, assert_same_function, cli, make_model, tokens_for
 from growformer import GrowthOptions, ModelConfig, Transformer, grow, model_from_state
+from growformer.data import DataError
 from growformer.data.cache import CACHE_ENV
 from growformer.model_io import load_model, save_model
 from growformer.shrink import (
@@ -28,6 +29,7 @@ from growformer.shrink import (
     subclone,
     truncation_plan,
 )
+from growformer.shrink.calibration import calibration_batches
 
 
 def calibration(config: ModelConfig, batches: int = 2) -> list[torch.Tensor]:
@@ -227,6 +229,14 @@ def test_bad_keep_layers_are_refused(keep, message):
         subclone(
             model.config, model.state_dict(), {"n_layers": 2}, measured(model), keep_layers=keep
         )
+
+
+def test_calibration_data_shorter_than_one_window_is_refused(tmp_path):
+    path = tmp_path / "few.bin"
+    np.arange(200, dtype=np.uint16).tofile(path)
+    with pytest.raises(DataError, match="fewer than one calibration window of 256"):
+        calibration_batches(path, 256, lambda: None)
+    assert len(calibration_batches(path, 256, lambda: None, tokens=64)) == 1
 
 
 def test_calibration_tokens_must_fit_the_model():

@@ -159,3 +159,10 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     accum = run(tmp_path, Schedule(), train=TRAIN.replace(grad_accum=2), name="accum")
     assert losses(one.run_dir) == pytest.approx(losses(accum.run_dir), rel=1e-4)
     assert torch.isfinite(torch.tensor(accum.final_val_loss))
+
+
+def test_a_run_files_model_vocab_size_sizes_the_tokenizer():
+    from growformer.train.run_config import run_spec
+
+    assert run_spec("tiny").vocab_size == 512
+    assert run_spec("tiny", model={"vocab_size": 300}).vocab_size == 300

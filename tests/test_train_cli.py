@@ -145,6 +145,11 @@ def test_resume_continues_a_run_and_refuses_other_data(tmp_path, corpus, capsys)
     args[-1] = str(other)
     assert main([*args, "--out", str(out), "--steps", "12", "--resume"]) == 2
     assert "the data differs" in capsys.readouterr().err
+    args[-1] = str(corpus)
+    for record, message in (('{"source": "x"', "not valid JSON"), ("{}", "not a data record")):
+        (out / "data.json").write_text(record)
+        assert main([*args, "--out", str(out), "--steps", "12", "--resume"]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_a_new_run_refuses_a_non_empty_folder_unless_overwritten(tmp_path, corpus, capsys):

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from growformer.atomic import current_umask
 from growformer.config import ConfigError, ModelConfig
 from growformer.model import Transformer, model_from_state
 
@@ -53,7 +54,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        tmp.chmod(0o777 & ~_umask())
+        tmp.chmod(0o777 & ~current_umask())
         yield tmp
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -71,12 +72,6 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_model(model: Transformer, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

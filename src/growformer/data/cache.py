@@ -1,16 +1,15 @@
-"""The on-disk cache of built corpora, tokenizers and token arrays: location, keys, writes.
+"""The on-disk cache of built corpora, tokenizers and token arrays: location and keys.
 
 Everything cached is keyed by a content hash of what it was built from, so a stale entry is
-never read: a changed input gives a new key. Files are written to a temporary sibling and
-renamed into place, so a reader (another process, a second rank) never sees half a file, and
-two processes building the same entry at once both end with the same complete file.
+never read: a changed input gives a new key. Entries are written with
+``growformer.atomic.atomic_write``, so a reader (another process, a second rank) never sees half
+a file, and two processes building the same entry at once both end with one complete file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,16 +39,3 @@ def content_hash(parts: Iterable[bytes | str | int | float]) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

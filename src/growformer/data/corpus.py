@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from growformer.data.cache import atomic_write, cache_dir, content_hash
+from growformer.atomic import atomic_write
+from growformer.data.cache import cache_dir, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,10 @@ def stdlib_corpus(
     key = content_hash([RECIPE, kind, val_fraction, *(x for pair in sources for x in pair)])
     path = cache_dir() / "corpus" / f"stdlib-{kind}-{key[:24]}.json"
     if path.exists():
-        return Corpus.from_json(path.read_bytes())
+        try:
+            return Corpus.from_json(path.read_bytes())
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("rebuilding the unreadable cache entry %s (%s)", path, error)
     log.info("building the stdlib %s corpus from %s (cached at %s)", kind, stdlib_root(), path)
     name = f"stdlib-{kind}" if packages is None else f"stdlib-{kind}[{','.join(sorted(packages))}]"
     corpus = split_documents(name, build_stdlib_documents(kind, sources), val_fraction)

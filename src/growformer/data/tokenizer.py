@@ -17,7 +17,8 @@ from pathlib import Path
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from growformer.data.cache import atomic_write, cache_dir, content_hash
+from growformer.atomic import atomic_write
+from growformer.data.cache import cache_dir, content_hash
 from growformer.data.corpus import Corpus, DataError
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,10 @@ def corpus_tokenizer(corpus: Corpus, vocab_size: int = DEFAULT_VOCAB_SIZE) -> To
     check_vocab_size(vocab_size)
     path = tokenizer_path(corpus, vocab_size)
     if path.exists():
-        return Tokenizer.load(path)
+        try:
+            return Tokenizer.load(path)
+        except DataError as error:
+            log.warning("retraining the unreadable cache entry %s (%s)", path, error)
     log.info("training a %d-id tokenizer on %s (cached at %s)", vocab_size, corpus.name, path)
     tokenizer = train_tokenizer((doc.text for doc in corpus.train), vocab_size)
     tokenizer.save(path)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from growformer.data.cache import atomic_write, cache_dir, content_hash
+from growformer.atomic import atomic_write
+from growformer.data.cache import cache_dir, content_hash
 from growformer.data.corpus import Corpus, DataError, Document
 from growformer.data.tokenizer import Tokenizer
 
@@ -53,13 +54,23 @@ def corpus_tokens(corpus: Corpus, tokenizer: Tokenizer, split: str) -> np.memmap
     ``cache_dir()/tokens`` keyed by the corpus and tokenizer content hashes."""
     key = content_hash([RECIPE, corpus.content_hash, tokenizer.fingerprint, split])
     path = cache_dir() / "tokens" / f"{split}-{key[:24]}.bin"
-    if not path.exists():
+    if not _complete_entry(path):
         log.info("encoding the %s split of %s (cached at %s)", split, corpus.name, path)
         tokens = encode_documents(tokenizer, getattr(corpus, split))
         meta = {"dtype": tokens.dtype.name, "vocab_size": tokenizer.vocab_size}
-        atomic_write(sidecar_path(path), json.dumps(meta).encode())
+        atomic_write(sidecar_path(path), json.dumps({**meta, "tokens": len(tokens)}).encode())
         atomic_write(path, tokens.tobytes())
     return read_token_file(path)
+
+
+def _complete_entry(path: Path) -> bool:
+    """Whether a cached token file and its sidecar are there, the file of the length the
+    sidecar records (an entry cut short is encoded again)."""
+    try:
+        meta = json.loads(sidecar_path(path).read_text())
+        return path.stat().st_size == meta["tokens"] * np.dtype(meta["dtype"]).itemsize
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _sidecar(path: Path) -> dict:

@@ -48,6 +48,8 @@ def allowed() -> str:
 def find_files(path: str | os.PathLike) -> UserFiles:
     """Classify and list the data files under ``path``; raise ``DataError`` for a missing path,
     an empty folder, an unknown suffix, or token files mixed with text."""
+    if not os.fspath(path):
+        raise DataError(f"the data path is empty; expected {allowed()}")
     root = Path(path)
     if not root.exists():
         raise DataError(f"data path {root} does not exist; expected {allowed()}")
@@ -87,7 +89,8 @@ def _read_utf8(path: Path) -> str:
 
 def _jsonl_documents(path: Path, name: str, text_field: str) -> list[Document]:
     docs = []
-    for number, line in enumerate(_read_utf8(path).splitlines(), start=1):
+    # Lines end at \n only: JSON strings may hold U+2028 and U+0085 unescaped.
+    for number, line in enumerate(_read_utf8(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -80,8 +80,10 @@ def calibration_batches(
     """About ``tokens`` calibration token ids as int64 batches ``[batch_size, seq_len]``:
     ``ceil(tokens / seq_len)`` windows spread evenly over the text of ``data`` (None: the
     default corpus's train split), encoded with the encoder ``encoder()`` returns (None:
-    ``load_dataset``'s tokenizer of ``vocab_size`` ids); token files need no encoder. Raises
-    ``DataError`` for unusable data, too few tokens, or ids outside the vocabulary."""
+    ``load_dataset``'s tokenizer of ``vocab_size`` ids); token files need no encoder. Data
+    shorter than ``tokens`` is read in overlapping windows. Raises ``DataError`` for unusable
+    data, fewer tokens than one window (``min(tokens, seq_len)``), or ids outside the
+    vocabulary."""
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise DataError(f"calibration tokens must be a positive integer, got {tokens!r}")
     source = DEFAULT_DATA if data is None else os.fspath(data)
@@ -107,6 +109,11 @@ def calibration_batches(
         raise DataError(
             f"calibration data of {source} holds token id {int(ids.max())}, outside the model's "
             f"vocab_size={vocab_size}"
+        )
+    if len(ids) < min(tokens, seq_len):
+        raise DataError(
+            f"calibration data of {source} holds {len(ids)} tokens, fewer than one calibration "
+            f"window of {min(tokens, seq_len)}: give more data"
         )
     split = TokenSplit(f"calibration data of {source}", np.asarray(ids), seed)
     seq_len = min(seq_len, max(1, len(ids) - 1))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from growformer.atomic import atomic_write
 from growformer.data import Dataset, load_dataset
 from growformer.train.config import PRESETS, TrainConfigError
 from growformer.train.generate import sample
@@ -132,7 +133,7 @@ def run_training(
         shutil.rmtree(out)
     if trainer.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / DATA_FILE).write_text(json.dumps(data_record) + "\n")
+        atomic_write(out / DATA_FILE, (json.dumps(data_record) + "\n").encode())
         if dataset.tokenizer is not None:
             dataset.tokenizer.save(out / TOKENIZER_FILE)
     return trainer.run()
@@ -153,9 +154,17 @@ def check_run_dir(out: Path, overwrite: bool = False) -> None:
 def check_same_data(run_dir: Path, dataset: Dataset) -> None:
     """Raise ``TrainConfigError`` when ``run_dir`` was trained on other tokens than
     ``dataset``'s (its ``data.json`` fingerprint); a run without one passes."""
-    if not (run_dir / DATA_FILE).is_file():
+    path = run_dir / DATA_FILE
+    if not path.is_file():
         return
-    recorded = json.loads((run_dir / DATA_FILE).read_text())
+    try:
+        recorded = json.loads(path.read_text())
+    except ValueError as error:
+        raise TrainConfigError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(recorded, dict) or not all(
+        isinstance(recorded.get(key), str) for key in ("source", "fingerprint")
+    ):
+        raise TrainConfigError(f"{path} is not a data record: it needs source and fingerprint")
     if recorded["fingerprint"] != dataset.fingerprint:
         raise TrainConfigError(
             f"{run_dir}: the data differs from the run's ({recorded['source']}, fingerprint "

@@ -66,7 +66,8 @@ _OPTION_FIELDS = tuple(f.name for f in fields(GrowthOptions))
 class RunSpec:
     """Everything a run needs but the data: the target model (its vocabulary size is set from
     the data's tokenizer), the training config, the schedule, the data path (None: the
-    built-in corpus), and the preset's tokenizer vocabulary size."""
+    built-in corpus), and the tokenizer's vocabulary size (``[model] vocab_size``, else the
+    preset's)."""
 
     target: ModelConfig
     train: TrainConfig
@@ -116,7 +117,8 @@ def run_spec(
     table = {"name": schedule} if isinstance(schedule, str) else dict(schedule)
     built = _schedule_from_table(table, target, train_config)
     built.plan(target, train_config)
-    return RunSpec(target, train_config, built, data, base.vocab_size)
+    vocab_size = target.vocab_size if model and "vocab_size" in model else base.vocab_size
+    return RunSpec(target, train_config, built, data, vocab_size)
 
 
 def load_run_file(path: str | Path, train_overrides: Mapping[str, Any] | None = None) -> RunSpec:

@@ -132,5 +132,6 @@ def check_token_range(tokens: np.ndarray, vocab_size: int, source: str) -> None:
     if low < 0 or high >= vocab_size:
         raise DataError(
             f"{source}: token ids span [{low}, {high}] but must lie in [0, {vocab_size}); "
-            f"give the vocabulary size (vocab_size) of the tokenizer that wrote them"
+            "give the vocabulary size of the tokenizer that wrote them (vocab_size in a .bin.json "
+            "sidecar, or [model] vocab_size in a run file)"
         )

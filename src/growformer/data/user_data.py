@@ -102,7 +102,7 @@ def _jsonl_documents(path: Path, name: str, text_field: str) -> list[Document]:
         if text_field not in record:
             raise DataError(
                 f"{path}:{number}: no field {text_field!r} (fields: {sorted(record)}); "
-                "choose the field with text_field"
+                "the command line reads 'text' (load_dataset's text_field= reads another)"
             )
         text = record[text_field]
         if not isinstance(text, str):

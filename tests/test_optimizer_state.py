@@ -21,6 +21,7 @@ from conftest import (
     layer_of,
     make_model,
     new_layer_indices,
+    next_token_loss,
     snapshot,
     train_step,
 )
@@ -107,7 +108,68 @@ def test_old_entries_step_differently_after_a_reset():
     assert _old_entry_step_error(VARIANTS["gpt2_all_bias"], "ffn_zero", "reset") > 1e-4
 
 
-# (2) Moments of scaled entries.
+# (2) The record's gradient scales are what the gradients do.
+
+# Every expansion that scales a gradient, and a composition of all of them.
+GRADIENT_KINDS = [
+    "ffn_tile_uneven",
+    "heads_both_tile",
+    "v_dim_tile_uneven",
+    "qk_dim_plus2",
+    "hidden_plus7",
+    "layers_interleave_copy",
+    "all_fields_tile",
+]
+
+
+def _gradients(model, batch) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    next_token_loss(model, batch).backward()
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", GRADIENT_KINDS)
+@pytest.mark.parametrize("variant", ["llama_gqa_tied_eps", "qwen_mqa_qkv_bias", "gpt2_all_bias"])
+def test_record_gradient_scales_match_the_real_gradients(variant, kind):
+    """On the same batch, every carried entry's gradient in the grown model is its source
+    entry's gradient times the record's ``grad_scale`` (what ``carry`` computes for moments).
+    Exception: LayerNorm hidden growth mean-fills the writers' new rows, so the new residual
+    coordinates, and with them the carried writers' gradients, depend on the old rows; there
+    the carried moments are an approximation and those tensors are not checked."""
+    config = VARIANTS[variant]
+    model = make_model(config)
+    target, options = expansion(kind, config)
+    grown, record = grow(model, target, options)
+    batch = full_batch(config)
+    old, new = _gradients(model, batch), _gradients(grown, batch)
+    mean_filled = config.norm == "layer" and grown.config.hidden != config.hidden
+    new_layers = new_layer_indices(grown) if grown.config.n_layers != config.n_layers else set()
+    checked = 0
+    for name, grad in new.items():
+        r = record[name]
+        if layer_of(name) in new_layers or (mean_filled and not name.endswith(_NORMS_AND_READERS)):
+            continue
+        expected = r.carry(old[r.source], "grad", 1)
+        scale = max(1.0, float(expected.abs().max()))
+        assert max_error_at(r.carried_mask(grad.shape), grad, expected) <= 1e-9 * scale, name
+        checked += 1
+    assert checked >= 6 * config.n_layers
+
+
+# Tensors whose carried gradients LayerNorm hidden growth leaves exact: norm gains and biases
+# and the readers' old columns.
+_NORMS_AND_READERS = (
+    "norm.weight",
+    "norm.bias",
+    "attn.q.weight",
+    "attn.k.weight",
+    "attn.v.weight",
+    "mlp.up.weight",
+    "mlp.gate.weight",
+)
+
+
+# (3) Moments of scaled entries.
 
 
 def test_qk_growth_scales_query_moments():

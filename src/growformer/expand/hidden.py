@@ -14,6 +14,10 @@ input columns, which see only zeros at first.
   tied to LayerNorm's mean-filled embedding this is not exact.
 - Post-norm (BERT) normalizes the residual sum itself: no fill is exact there.
 
+The record's gradient factors are exact except under LayerNorm: the mean-filled coordinates
+depend on the writers' old rows, so those rows' gradients change with no per-entry factor, and
+moments carried for them are an approximation.
+
 Non-exact cases run only with ``approximate=True``.
 """
 

@@ -67,11 +67,14 @@ def test_a_classifier_shrinks_with_its_head_cut_to_the_kept_hidden_dims(tmp_path
     assert type(child).__name__ == "LlamaForSequenceClassification"
     assert child.score.weight.shape == (3, 16)
     assert torch.isfinite(class_logits(child, pad_free_tokens())).all()
-    source_score = load(src, AUTO).score.weight
-    # Each kept column is a source column times the reader scale √(32/16).
-    scaled = source_score * 2**0.5
-    for column in child.score.weight.T:
-        assert any(torch.allclose(column, s) for s in scaled.T)
+    # The kept hidden dims, in order, read off the embedding (a writer: selected, not scaled);
+    # the head keeps the same columns, times the reader scale √(32/16).
+    source_emb = hf.read_folder(src).state["tok_emb.weight"]
+    child_emb = hf.read_folder(dst).state["tok_emb.weight"]
+    kept = [int((source_emb - column[:, None]).abs().sum(0).argmin()) for column in child_emb.T]
+    assert torch.equal(source_emb[:, kept], child_emb)
+    expected = load(src, AUTO).score.weight[:, kept] * 2**0.5
+    assert torch.allclose(child.score.weight, expected, rtol=1e-6, atol=0)
 
 
 def test_in_place_growth_refuses_a_classifier_before_any_step(tmp_path):

@@ -123,12 +123,6 @@ def test_every_new_entry_moves_in_two_adamw_steps(variant, kind):
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_composed_growth_moves_every_new_entry_in_two_steps(variant):
-    config = VARIANTS[variant]
-    assert_new_entries_move(config, *expansion("all_fields_zero", config))
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_composed_growth_with_new_kv_groups_moves_every_new_entry_in_two_steps(variant):
     """New kv groups together with qk and value dim growth: the plan grows head dims before
     heads, so the new heads get random Q, K, V rows in every dim, not zero K rows that would

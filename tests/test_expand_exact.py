@@ -393,15 +393,47 @@ def test_random_fills_do_not_repeat_across_tensors_or_growths():
     assert distinct.any(-1).sum() == 12  # every pair of the four blocks differs
 
 
-def test_random_fills_have_the_source_scale():
+@pytest.mark.parametrize(
+    ("target", "name"),
+    [
+        ({"ffn": 1024}, "layers.0.mlp.up.weight"),  # new rows
+        ({"hidden": 256}, "layers.0.attn.q.weight"),  # new input columns
+        ({"hidden": 256}, "layers.1.mlp.up.weight"),
+        ({"n_heads": 16}, "layers.0.attn.k.weight"),  # new kv groups' rows
+        ({"qk_head_dim": 64}, "layers.1.attn.q.weight"),  # new rows among scaled ones
+    ],
+)
+def test_random_fills_have_the_source_scale(target, name):
     """New random entries are centred with the standard deviation of the tensor they extend."""
-    config = tiny_config(hidden=64, ffn=256, n_heads=4)
+    config = tiny_config(hidden=64, ffn=256, n_heads=4, n_kv_heads=4, qk_head_dim=16)
     model = make_model(config)
-    source_up = model.state_dict()["layers.0.mlp.up.weight"]
-    grown, _ = grow(model, {"ffn": 1024})
-    new = grown.state_dict()["layers.0.mlp.up.weight"][256:]
-    assert abs(float(new.mean())) < 0.05 * float(source_up.std())
-    assert float(new.std()) == pytest.approx(float(source_up.std()), rel=0.05)
+    source = model.state_dict()[name]
+    grown, record = grow(model, target)
+    tensor = grown.state_dict()[name]
+    new = tensor[~record[name].carried_mask(tensor.shape)]
+    assert new.numel() >= 4096
+    assert abs(float(new.mean())) < 0.05 * float(source.std())
+    assert float(new.std()) == pytest.approx(float(source.std()), rel=0.05)
+
+
+def test_a_new_identity_layer_copies_norms_zeroes_biases_and_draws_the_rest():
+    config = VARIANTS["gpt2_all_bias"]
+    model = make_model(config)
+    grown, record = grow(model, {"n_layers": config.n_layers + 1})
+    old = model.state_dict()
+    new = {
+        n: t for n, t in grown.state_dict().items() if n.startswith(f"layers.{config.n_layers}.")
+    }
+    assert new
+    for name, tensor in new.items():
+        source = old[record[name].source]
+        if ".attn_norm." in name or ".mlp_norm." in name:
+            assert torch.equal(tensor, source), name
+        elif name.endswith("bias") or ".attn.o." in name or ".mlp.down." in name:
+            assert not tensor.any(), name
+        else:
+            assert float(tensor.std()) == pytest.approx(float(source.std()), rel=0.25), name
+            assert not torch.equal(tensor, source), name
 
 
 def test_fills_split_in_small_chunks_are_exact_and_do_not_depend_on_threads(monkeypatch):

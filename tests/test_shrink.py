@@ -116,16 +116,23 @@ def test_record_maps_every_child_entry_to_its_source_entry(variant, rescale):
     assert logits.shape[-1] == config.vocab_size and torch.isfinite(logits).all()
 
 
-def test_readers_are_rescaled_by_the_root_of_the_hidden_ratio():
-    config = VARIANTS["llama_mha"]
+@pytest.mark.parametrize(
+    "variant", ["llama_mha", "llama_gqa_tied_eps", "ln_learned_swiglu_tied_headdims"]
+)
+def test_readers_are_rescaled_by_the_root_of_the_hidden_ratio(variant):
+    """Q, K, V, up, gate and an untied W_U × √(h/ĥ); a tied W_U is the embedding, a writer,
+    so the final norm's gain (and LayerNorm bias) takes the factor instead."""
+    config = VARIANTS[variant]
     model = make_model(config)
     importance = measured(model)
-    plain = subclone(config, model.state_dict(), {"hidden": 8}, importance, rescale=False)
-    scaled = subclone(config, model.state_dict(), {"hidden": 8}, importance)
+    hidden = config.hidden // 4
+    plain = subclone(config, model.state_dict(), {"hidden": hidden}, importance, rescale=False)
+    scaled = subclone(config, model.state_dict(), {"hidden": hidden}, importance)
     assert scaled.report.reader_scale == pytest.approx(2.0)
+    tied_head = ("final_norm.weight", "final_norm.bias") if config.tie_embeddings else ()
     for name, tensor in plain.state.items():
         reader = name.endswith(("q.weight", "k.weight", "v.weight", "up.weight", "gate.weight"))
-        factor = 2.0 if reader or name == "lm_head.weight" else 1.0
+        factor = 2.0 if reader or name == "lm_head.weight" or name in tied_head else 1.0
         assert torch.allclose(scaled.state[name], factor * tensor), name
 
 
@@ -137,10 +144,11 @@ def test_post_norm_gains_are_calibrated_to_the_kept_spread():
     importance = measured(model)
     plain = subclone(POST_NORM, model.state_dict(), {"hidden": 16}, importance, rescale=False)
     scaled = subclone(POST_NORM, model.state_dict(), {"hidden": 16}, importance)
-    for name in ("emb_norm.weight", "layers.0.attn_norm.weight", "layers.1.mlp_norm.weight"):
-        ratio = scaled.state[name] / plain.state[name]
-        assert torch.allclose(ratio, ratio[0].expand_as(ratio))
-        assert 1.0 < float(ratio[0]) < 2.0, name
+    for norm in ("emb_norm", "layers.0.attn_norm", "layers.1.mlp_norm"):
+        ratio = scaled.state[f"{norm}.weight"] / plain.state[f"{norm}.weight"]
+        kept_spread = importance.norm_sq[norm][scaled.plan.hidden].mean().sqrt()
+        assert torch.allclose(ratio, kept_spread.expand_as(ratio), rtol=1e-12, atol=0), norm
+        assert 1.0 < float(kept_spread) < 2.0, norm
     assert torch.equal(scaled.state["emb_norm.bias"], plain.state["emb_norm.bias"])
 
 

@@ -120,8 +120,8 @@ def test_record_maps_every_child_entry_to_its_source_entry(variant, rescale):
     "variant", ["llama_mha", "llama_gqa_tied_eps", "ln_learned_swiglu_tied_headdims"]
 )
 def test_readers_are_rescaled_by_the_root_of_the_hidden_ratio(variant):
-    """Q, K, V, up, gate and an untied W_U × √(h/ĥ); a tied W_U is the embedding, a writer,
-    so the final norm's gain (and LayerNorm bias) takes the factor instead."""
+    """Q, K, V, up, gate and an untied W_U are multiplied by √(h/ĥ); a tied W_U is the
+    embedding, a writer, so the final norm's gain (and LayerNorm bias) takes the factor."""
     config = VARIANTS[variant]
     model = make_model(config)
     importance = measured(model)

@@ -180,6 +180,12 @@ def _bad(tmp_path, name: str, content: bytes | str) -> str:
         ({"o.bin": b"\0" * 7}, "o.bin", {}, "7 bytes, not a multiple of 2"),
         ({"o.bin": b"\0" * 6}, "o.bin", {"token_dtype": "uint32"}, "not a multiple of 4"),
         ({"z.bin": b""}, "z.bin", {}, "is empty"),
+        (
+            {"w.bin": (np.arange(500, dtype=np.uint32) % 300 + 1).tobytes()},
+            "w.bin",
+            {},
+            "looks like 32-bit tokens",
+        ),
         ({"f.bin": b"\0" * 8}, "f.bin", {"token_dtype": "float32"}, "one of uint16"),
         (
             {"s.bin": b"\0" * 8, "s.bin.json": '{"dtype": "uint32"}'},

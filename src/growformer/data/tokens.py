@@ -111,7 +111,20 @@ def read_token_file(path: Path, dtype: str | None = None) -> np.memmap:
             f'give it in {sidecar_path(path).name} as {{"dtype": ...}}, one of '
             f"{', '.join(TOKEN_DTYPES)}"
         )
-    return np.memmap(path, dtype=np.dtype(name).newbyteorder("<"), mode="r")
+    tokens = np.memmap(path, dtype=np.dtype(name).newbyteorder("<"), mode="r")
+    if meta_dtype is None and dtype is None and _looks_wider(tokens):
+        raise DataError(
+            f"{path} read as {name} has a zero at every odd position: it looks like 32-bit "
+            f'tokens; give the dtype in {sidecar_path(path).name} as {{"dtype": "uint32"}}'
+        )
+    return tokens
+
+
+def _looks_wider(tokens: np.ndarray, sample: int = 1 << 16) -> bool:
+    """Whether 16-bit ``tokens`` are the little-endian halves of 32-bit ones (every high half,
+    at the odd positions, zero) in the first ``sample`` pairs; real 16-bit ids never are."""
+    head = np.asarray(tokens[: 2 * sample])
+    return head.size >= 2 and head.size % 2 == 0 and not head[1::2].any() and head[0::2].any()
 
 
 def token_vocab_size(path: Path) -> int | None:

@@ -72,10 +72,12 @@ def test_stacking_is_logged_with_its_loss_jump(tmp_path):
     assert event["loss_after"] != event["loss_before"]
 
 
+@pytest.mark.parametrize(("name", "params"), [("compound", {"at": 0.4}), ("apollo", {})])
 @pytest.mark.parametrize("stop_at", [4, 8])
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, stop_at):
-    """Killed at a checkpoint before (4) or after (8) the growth at step 5, then resumed."""
-    schedule = named_schedule("compound", TARGET, TRAIN, at=0.4)
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, stop_at, name, params):
+    """Killed at a checkpoint, then resumed: CompoundGrow before (4) or after (8) its growth
+    at step 5; Apollo after its growths, with the depths it samples per step."""
+    schedule = named_schedule(name, TARGET, TRAIN, **params)
     full = run(tmp_path, schedule, name="full")
     partial = TRAIN.replace(checkpoint_every=stop_at)
     first = Trainer(

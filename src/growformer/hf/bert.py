@@ -31,7 +31,6 @@ import torch
 from torch import Tensor
 
 from growformer.config import ModelConfig
-from growformer.expand._ops import DimChange, Rng, grow_tensor, prefix_index
 from growformer.hf.family import (
     Family,
     FormatError,
@@ -105,10 +104,6 @@ def unfold(folded: Tensor, token_type_0: Tensor, reference: Tensor | None) -> Te
     return out
 
 
-def _relative(name: str, prefix: str) -> str:
-    return name[len(prefix) :] if prefix and name.startswith(prefix) else name
-
-
 class Bert(Family):
     model_type = "bert"
     architecture = "BertModel"
@@ -116,6 +111,8 @@ class Bert(Family):
     layer_prefix = "encoder.layer."
     embedding = "embeddings.word_embeddings.weight"
     tied_by_default = True
+    extra_hidden_dims = HIDDEN_DIMS
+    extra_writers = frozenset({TOKEN_TYPES})
     top = renames(
         {
             "embeddings.word_embeddings.weight": "tok_emb.weight",
@@ -208,8 +205,7 @@ class Bert(Family):
         }
 
     def is_extra(self, name: str, prefix: str) -> bool:
-        relative = _relative(name, prefix)
-        return relative in HIDDEN_DIMS or relative in OTHER_EXTRAS
+        return super().is_extra(name, prefix) or self.relative(name, prefix) in OTHER_EXTRAS
 
     def after_read(
         self,
@@ -245,14 +241,15 @@ class Bert(Family):
     def grow_extras(
         self, old: ModelConfig, new: ModelConfig, extras: dict[str, Tensor], source: Source
     ) -> dict[str, Tensor]:
+        """Hidden dimensions as every family grows them; a longer context regenerates the
+        position buffers."""
+        extras = super().grow_extras(old, new, extras, source)
+        if new.max_seq_len == old.max_seq_len:
+            return extras
         out = {}
         for name, tensor in extras.items():
-            relative = _relative(name, source.prefix)
-            if relative in BUFFERS and new.max_seq_len != old.max_seq_len:
-                tensor = BUFFERS[relative](new.max_seq_len, tensor)
-            elif relative in HIDDEN_DIMS and new.hidden != old.hidden:
-                index = prefix_index(old.hidden, new.hidden)
-                for dim, fill in HIDDEN_DIMS[relative]:
-                    tensor = grow_tensor(tensor, DimChange(dim, index, fill), Rng(0))
-            out[name] = tensor
+            relative = self.relative(name, source.prefix)
+            out[name] = (
+                BUFFERS[relative](new.max_seq_len, tensor) if relative in BUFFERS else tensor
+            )
         return out

@@ -140,6 +140,12 @@ class Canonical:
         return dataclasses.replace(self, config=model.config, state=state, extras=extras)
 
 
+# A decoder's sequence-classification head (``…ForSequenceClassification``): it reads the final
+# norm's output, whose new coordinates under hidden growth are zero, so zero new columns keep
+# the class logits.
+SCORE_HEAD: dict[str, tuple[tuple[int, str], ...]] = {"score.weight": ((1, "zero"),)}
+
+
 class Family(ABC):
     """One Hugging Face model family: its rename tables and the config mapping.
 
@@ -154,9 +160,12 @@ class Family(ABC):
     top: ClassVar[dict[str, Rule]]
     layer: ClassVar[dict[str, Rule]]
     head: ClassVar[dict[str, Rule]] = {}  # names outside the base model
-    # Heads other than the LM head that read the final hidden state (dimension 1 is the hidden
-    # size), e.g. a sequence classifier's ``score``: carried as extras.
-    head_readers: ClassVar[tuple[str, ...]] = ()
+    # Extras with hidden-sized dimensions (names relative to the base prefix; heads outside the
+    # base model as they are) → each such dimension and the fill of its new entries under
+    # hidden growth. Dimension 1 reads the hidden state (shrinking rescales it) unless the extra
+    # is in ``extra_writers``.
+    extra_hidden_dims: ClassVar[dict[str, tuple[tuple[int, str], ...]]] = {}
+    extra_writers: ClassVar[frozenset[str]] = frozenset()
     embedding: ClassVar[str]  # the token embedding's name, relative to the base model
     tied_by_default: ClassVar[bool] = False  # tie_word_embeddings when config.json omits it
     ignored: ClassVar[re.Pattern[str] | None] = None  # legacy buffers transformers ignores
@@ -182,25 +191,29 @@ class Family(ABC):
             return {"lm_head.weight": prefix + self.embedding}
         return {}
 
+    @staticmethod
+    def relative(name: str, prefix: str) -> str:
+        """``name`` without the base-model ``prefix`` (a head's name as it is)."""
+        return name[len(prefix) :] if prefix and name.startswith(prefix) else name
+
     def is_extra(self, name: str, prefix: str) -> bool:
         """Whether ``name`` is a family tensor the canonical model lacks (carried as is)."""
-        return name in self.head_readers
+        return self.relative(name, prefix) in self.extra_hidden_dims
 
     def grow_extras(
         self, old: ModelConfig, new: ModelConfig, extras: dict[str, Tensor], source: Source
     ) -> dict[str, Tensor]:
-        """The extras of a model grown from ``old`` to ``new``. A head reader gets zero new
-        input columns under hidden growth: exact, since the new coordinates of the final norm's
-        output are zero (RMSNorm) or normalize to zero (LayerNorm, mean-filled)."""
+        """The extras of a model grown from ``old`` to ``new``: under hidden growth, each
+        hidden-sized dimension filled as ``extra_hidden_dims`` says."""
         if new.hidden == old.hidden:
             return extras
         index = prefix_index(old.hidden, new.hidden)
-        return {
-            name: grow_tensor(t, DimChange(1, index, "zero"), Rng(0))
-            if name in self.head_readers
-            else t
-            for name, t in extras.items()
-        }
+        out = {}
+        for name, tensor in extras.items():
+            for dim, fill in self.extra_hidden_dims.get(self.relative(name, source.prefix), ()):
+                tensor = grow_tensor(tensor, DimChange(dim, index, fill), Rng(0))
+            out[name] = tensor
+        return out
 
     # -- weights --------------------------------------------------------------------------------
 
@@ -231,7 +244,7 @@ class Family(ABC):
         config = self.config_from_hf(hf_config)
         prefix = self.detect_prefix(list(tensors))
         has_lm_head = config.tie_embeddings or any(h in tensors for h in self.head)
-        if not has_lm_head and (not prefix or any(r in tensors for r in self.head_readers)):
+        if not has_lm_head and (not prefix or any(self.is_extra(n, prefix) for n in tensors)):
             # A bare base model (LlamaModel) or a sequence classifier has no LM head: it runs
             # with the embedding as W_U, and is written back with none.
             config = config.replace(tie_embeddings=True)

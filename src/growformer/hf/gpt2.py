@@ -24,6 +24,7 @@ from torch import Tensor
 
 from growformer.config import ModelConfig
 from growformer.hf.family import (
+    SCORE_HEAD,
     Family,
     FormatError,
     Rule,
@@ -117,7 +118,7 @@ class GPT2(Family):
         "mlp.c_proj.weight": transposed("mlp.down.weight"),
     }
     head = renames({"lm_head.weight": "lm_head.weight"})
-    head_readers = ("score.weight",)  # …ForSequenceClassification
+    extra_hidden_dims = SCORE_HEAD
     ignored = re.compile(r"(^|\.)h\.\d+\.attn\.(masked_)?bias$")
 
     def config_from_hf(self, hf: Mapping[str, Any]) -> ModelConfig:

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from growformer.config import ModelConfig
 from growformer.hf.family import (
+    SCORE_HEAD,
     Family,
     FormatError,
     canonical_config,
@@ -102,7 +103,7 @@ class LlamaStyle(Family):
     top = renames({"embed_tokens.weight": "tok_emb.weight", "norm.weight": "final_norm.weight"})
     layer = renames(_LAYER)
     head = renames({"lm_head.weight": "lm_head.weight"})
-    head_readers = ("score.weight",)  # …ForSequenceClassification
+    extra_hidden_dims = SCORE_HEAD
     ignored = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
     # num_key_value_heads when config.json omits it, as the transformers config class has it
     # (None: num_attention_heads).

@@ -1,6 +1,7 @@
 """Subcloning a Hugging Face model in canonical form: the canonical weights by ``subclone``, and
-the family's extra tensors (BERT's token-type table, pooler and heads) cut to the kept hidden
-dimensions the same way, so the child is saved by the same family's classes."""
+the family's extra tensors (a decoder classifier's head; BERT's token-type table, pooler and
+heads) cut to the kept hidden dimensions the same way, so the child is saved by the same
+family's classes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from growformer.hf import Canonical, FormatError
-from growformer.hf.bert import BUFFERS, HIDDEN_DIMS, POSITIONS, TOKEN_TYPES
+from growformer.hf.bert import BUFFERS, POSITIONS
 from growformer.shrink.importance import Importance
 from growformer.shrink.plan import SubclonePlan
 from growformer.shrink.subclone import Subclone, subclone
@@ -25,8 +26,9 @@ def subclone_canonical(
     rescale: bool = True,
 ) -> tuple[Canonical, Subclone]:
     """``subclone`` of ``source``'s canonical weights, with its extras following: the child in
-    canonical form (same family and source) and the ``Subclone``. Raises ``FormatError`` when
-    the family has extras this function does not know how to cut."""
+    canonical form (same family and source) and the ``Subclone``. Extras are cut as their
+    family's ``extra_hidden_dims`` declares; ``FormatError`` for a kept source tensor other
+    than BERT's position table."""
     child = subclone(
         source.config,
         source.state,
@@ -53,35 +55,27 @@ def subclone_canonical(
 def _cut_extras(
     source: Canonical, plan: SubclonePlan, scale: float
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The extras and ``Source.kept`` tensors of the child. Hidden-sized dimensions keep
-    ``plan.hidden``; a weight that reads the hidden state (a decoder's classifier ``score``;
-    BERT's pooler and heads: dimension 1 hidden-sized, the token-type table excepted, which
-    writes) is scaled like every reader; BERT's position buffers follow ``max_seq_len``."""
-    if not source.extras and not source.source.kept:
-        return {}, {}
-    family = source.family
-    if family.model_type != "bert":
-        unknown = sorted(set(source.extras) - set(family.head_readers))
-        if unknown or source.source.kept:
-            raise FormatError(
-                f"shrinking does not know the extra tensors of {family.model_type}: "
-                f"{unknown or sorted(source.source.kept)}"
-            )
-        return {n: t.index_select(1, plan.hidden) * scale for n, t in source.extras.items()}, {}
-    prefix, c = source.source.prefix, plan.target
+    """The extras and ``Source.kept`` tensors of the child. Each hidden-sized dimension of an
+    extra (the family's ``extra_hidden_dims``: a decoder classifier's ``score``; BERT's
+    token-type table, pooler and heads) keeps ``plan.hidden``, and dimension 1, where it reads
+    the hidden state, is scaled like every reader; BERT's position buffers follow
+    ``max_seq_len``."""
+    family, prefix, c = source.family, source.source.prefix, plan.target
     extras = {}
     for name, tensor in source.extras.items():
-        relative = name.removeprefix(prefix) if prefix else name
+        relative = family.relative(name, prefix)
         if relative in BUFFERS:
             tensor = BUFFERS[relative](c.max_seq_len, tensor)
-        for dim, _ in HIDDEN_DIMS.get(relative, ()):
+        for dim, _ in family.extra_hidden_dims.get(relative, ()):
             tensor = tensor.index_select(dim, plan.hidden)
-            if dim == 1 and relative != TOKEN_TYPES:
+            if dim == 1 and relative not in family.extra_writers:
                 tensor = tensor * scale
         extras[name] = tensor
     kept = {}
     for name, tensor in source.source.kept.items():
         if name != POSITIONS:
-            raise FormatError(f"shrinking does not know the source tensor {name} of bert")
+            raise FormatError(
+                f"shrinking does not know the source tensor {name} of {family.model_type}"
+            )
         kept[name] = tensor[: c.max_seq_len].index_select(1, plan.hidden)
     return extras, kept

@@ -173,6 +173,8 @@ def _bad(tmp_path, name: str, content: bytes | str) -> str:
         ({"l.latin1.txt": "caf\xe9".encode("latin-1")}, "l.latin1.txt", {}, "not UTF-8"),
         ({"j.jsonl": '{"text": "a"}\n{"body": "b"}\n'}, "j.jsonl", {}, r"j\.jsonl:2: no field"),
         ({"j.jsonl": '{"text": "a"}\n'}, "j.jsonl", {"text_field": "body"}, "'body'"),
+        ({"j.jsonl": '{"text": "a"}\n'}, "j.jsonl", {"text_field": ""}, "non-empty string"),
+        ({"j.jsonl": '{"text": "a"}\n'}, "j.jsonl", {"text_field": 3}, "non-empty string"),
         ({"j.jsonl": "[1, 2]\n"}, "j.jsonl", {}, "JSON object"),
         ({"j.jsonl": "{oops\n"}, "j.jsonl", {}, r"j\.jsonl:1: not valid JSON"),
         ({"j.jsonl": '{"text": 3}\n'}, "j.jsonl", {}, "must be a string"),

@@ -247,6 +247,23 @@ def test_calibration_data_shorter_than_one_window_is_refused(tmp_path):
     assert len(calibration_batches(path, 256, lambda: None, tokens=64)) == 1
 
 
+def test_calibration_reads_the_chosen_field_of_json_lines(tmp_path):
+    path = tmp_path / "calib.jsonl"
+    lines = [json.dumps({"title": "ZZZ", "body": f"document {i} " * 20}) for i in range(8)]
+    path.write_text("\n".join(lines) + "\n")
+
+    def byte_encoder():
+        return lambda texts: [list(t.encode()) for t in texts]
+
+    with pytest.raises(DataError, match=r"no field 'text'.*--text-field"):
+        calibration_batches(path, 256, byte_encoder, tokens=64, seq_len=32)
+    (batch,) = calibration_batches(
+        path, 256, byte_encoder, tokens=64, seq_len=32, text_field="body"
+    )
+    text = bytes(batch.flatten().tolist()).decode()
+    assert "document" in text and "Z" not in text
+
+
 def test_calibration_tokens_must_fit_the_model():
     config = VARIANTS["llama_mha"]
     model = make_model(config)
@@ -307,6 +324,7 @@ def test_cli_writes_child_report_and_prints_it(folder, token_file, tmp_path, cap
         (["--layers", 2, "--keep-layers", "0,9"], "not a layer of the source"),
         (["--layers", 2, "--keep-layers", "0,x"], "--keep-layers must be"),
         (["--ffn", 8, "--calib-tokens", 0], "calibration tokens must be a positive integer"),
+        (["--ffn", 8, "--text-field", ""], "text_field .*must be a non-empty string"),
         (["--ffn", 8], "vocab_size must be >= 257"),
         ([], "give at least one size"),
     ],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from growformer.cli import main
@@ -86,6 +88,8 @@ layer_init = "copy"
         ("model = 5", "[model] must be a table"),
         ("schedule = 5", "schedule must be a name or a table"),
         ("data = 5", "data must be a path"),
+        ("text_field = 5", "text_field (the JSON lines' field to read) must be a non-empty"),
+        ('text_field = ""', "text_field (the JSON lines' field to read) must be a non-empty"),
         ('[schedule]\nname = "stack"\nfactor = 0', "factor must be at least 2"),
         ('[schedule]\nname = "stack"\nat = "0.3"', "at must be a number"),
         ('[schedule]\nname = "lag-stack"\ncandidates = "midas"', "candidates must be a list"),
@@ -118,6 +122,30 @@ def test_config_file_excludes_preset_and_data_flags(tmp_path, corpus, capsys):
     config = tmp_path / "run.toml"
     config.write_text('preset = "tiny"')
     assert main(["train", "--config", str(config), "--data", str(corpus)]) == 2
+    assert "go in the --config file" in capsys.readouterr().err
+
+
+def test_json_lines_are_read_from_the_chosen_field_and_resume_keeps_it(tmp_path, capsys):
+    data = tmp_path / "docs.jsonl"
+    paragraphs = TEXT.split("\n\n")
+    data.write_text(
+        "".join(json.dumps({"id": i, "body": p}) + "\n" for i, p in enumerate(paragraphs))
+    )
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--no-progress"]
+    assert main([*args, "--steps", "2"]) == 2
+    assert "no field 'text'" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--steps", "2", "--text-field", "body"]) == 0
+    assert json.loads((out / "data.json").read_text())["text_field"] == "body"
+    resume = ["train", "--out", str(out), "--steps", "4", "--resume", "--no-progress"]
+    assert main(resume) == 0
+    assert read_metrics(out)[-1]["step"] == "4"
+    config = tmp_path / "run.toml"
+    config.write_text(f'preset = "tiny"\ndata = "{data}"\ntext_field = "body"\n')
+    toml_out = tmp_path / "toml_run"
+    assert main(["train", "--config", str(config), "--out", str(toml_out), "--steps", "2"]) == 0
+    assert json.loads((toml_out / "data.json").read_text())["text_field"] == "body"
+    assert main(["train", "--config", str(config), "--text-field", "body"]) == 2
     assert "go in the --config file" in capsys.readouterr().err
 
 

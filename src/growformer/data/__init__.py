@@ -6,9 +6,11 @@ from growformer.data.corpus import Corpus, DataError, Document, split_documents,
 from growformer.data.dataset import DEFAULT_DATA, STDLIB_DATA, Dataset, load_dataset
 from growformer.data.loader import TokenSplit
 from growformer.data.tokenizer import EOT, Tokenizer, corpus_tokenizer, train_tokenizer
+from growformer.data.user_data import DEFAULT_TEXT_FIELD
 
 __all__ = [
     "DEFAULT_DATA",
+    "DEFAULT_TEXT_FIELD",
     "EOT",
     "STDLIB_DATA",
     "Corpus",

@@ -28,7 +28,13 @@ from growformer.data.tokens import (
     read_token_file,
     token_vocab_size,
 )
-from growformer.data.user_data import DEFAULT_TEXT_FIELD, UserFiles, find_files, text_documents
+from growformer.data.user_data import (
+    DEFAULT_TEXT_FIELD,
+    UserFiles,
+    check_text_field,
+    find_files,
+    text_documents,
+)
 
 STDLIB_PREFIX = "stdlib:"
 DEFAULT_DATA = "stdlib:prose"
@@ -107,6 +113,7 @@ def load_dataset(
     tokens for one window, before any training starts.
     """
     check_val_fraction(val_fraction)
+    check_text_field(text_field)
     source = DEFAULT_DATA if data is None else os.fspath(data)
     if stdlib_modules is not None and not source.startswith(STDLIB_PREFIX):
         raise DataError(f"stdlib_modules applies to {' or '.join(STDLIB_DATA)}, not to {source}")

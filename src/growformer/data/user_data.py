@@ -102,7 +102,7 @@ def _jsonl_documents(path: Path, name: str, text_field: str) -> list[Document]:
         if text_field not in record:
             raise DataError(
                 f"{path}:{number}: no field {text_field!r} (fields: {sorted(record)}); "
-                "the command line reads 'text' (load_dataset's text_field= reads another)"
+                "choose the field with --text-field (text_field in a run file)"
             )
         text = record[text_field]
         if not isinstance(text, str):
@@ -114,9 +114,20 @@ def _jsonl_documents(path: Path, name: str, text_field: str) -> list[Document]:
     return docs
 
 
+def check_text_field(text_field: object) -> None:
+    """Raise ``DataError`` unless ``text_field`` is a non-empty string."""
+    if not isinstance(text_field, str) or not text_field:
+        raise DataError(
+            f"text_field (the JSON lines' field to read) must be a non-empty string, got "
+            f"{text_field!r}"
+        )
+
+
 def text_documents(files: UserFiles, text_field: str = DEFAULT_TEXT_FIELD) -> list[Document]:
-    """The non-empty documents of text files (one per file) and JSON lines (one per line), in
-    file order; raise ``DataError`` when there are none."""
+    """The non-empty documents of text files (one per file) and JSON lines (the string in
+    ``text_field`` of each line), in file order; raise ``DataError`` when there are none or
+    ``text_field`` is not a non-empty string."""
+    check_text_field(text_field)
     docs = []
     for path in files.files:
         name = files.name_of(path)

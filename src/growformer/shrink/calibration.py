@@ -25,10 +25,17 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from growformer.data import DEFAULT_DATA, DataError, TokenSplit, load_dataset, stdlib_corpus
+from growformer.data import (
+    DEFAULT_DATA,
+    DEFAULT_TEXT_FIELD,
+    DataError,
+    TokenSplit,
+    load_dataset,
+    stdlib_corpus,
+)
 from growformer.data.dataset import STDLIB_PREFIX
 from growformer.data.tokenizer import MIN_VOCAB_SIZE
-from growformer.data.user_data import find_files, text_documents
+from growformer.data.user_data import check_text_field, find_files, text_documents
 
 DEFAULT_CALIB_TOKENS = 16384
 CALIB_SEQ_LEN = 256
@@ -76,16 +83,19 @@ def calibration_batches(
     seq_len: int = CALIB_SEQ_LEN,
     batch_size: int = CALIB_BATCH,
     seed: int = 0,
+    text_field: str = DEFAULT_TEXT_FIELD,
 ) -> list[Tensor]:
     """About ``tokens`` calibration token ids as int64 batches ``[batch_size, seq_len]``:
     ``ceil(tokens / seq_len)`` windows spread evenly over the text of ``data`` (None: the
-    default corpus's train split), encoded with the encoder ``encoder()`` returns (None:
-    ``load_dataset``'s tokenizer of ``vocab_size`` ids); token files need no encoder. Data
+    default corpus's train split; of JSON lines, the string in ``text_field``), encoded with
+    the encoder ``encoder()`` returns (None: ``load_dataset``'s tokenizer of ``vocab_size``
+    ids); token files need no encoder. Data
     shorter than ``tokens`` is read in overlapping windows. Raises ``DataError`` for unusable
     data, fewer tokens than one window (``min(tokens, seq_len)``), or ids outside the
     vocabulary."""
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise DataError(f"calibration tokens must be a positive integer, got {tokens!r}")
+    check_text_field(text_field)
     source = DEFAULT_DATA if data is None else os.fspath(data)
     is_bin = not source.startswith(STDLIB_PREFIX) and find_files(source).kind == "tokens"
     encode = None if is_bin else encoder()
@@ -96,7 +106,9 @@ def calibration_batches(
             "--data with token ids (.bin) in the model's vocabulary"
         )
     if encode is None:
-        dataset = load_dataset(source, vocab_size=vocab_size, seq_len=1, seed=seed)
+        dataset = load_dataset(
+            source, vocab_size=vocab_size, seq_len=1, seed=seed, text_field=text_field
+        )
         if dataset.vocab_size > vocab_size:
             raise DataError(
                 f"{source} declares a vocabulary of {dataset.vocab_size} ids, more than the "
@@ -104,7 +116,7 @@ def calibration_batches(
             )
         ids = dataset.train.tokens
     else:
-        ids = _encoded(_texts(source, seed), encode, tokens + seq_len)
+        ids = _encoded(_texts(source, seed, text_field), encode, tokens + seq_len)
     if len(ids) and int(ids.max()) >= vocab_size:
         raise DataError(
             f"calibration data of {source} holds token id {int(ids.max())}, outside the model's "
@@ -121,12 +133,12 @@ def calibration_batches(
     return [inputs for inputs, _ in split.eval_batches(batch_size, seq_len, windows)]
 
 
-def _texts(source: str, seed: int) -> list[str]:
+def _texts(source: str, seed: int, text_field: str) -> list[str]:
     """The documents of ``source`` in a seeded random order (so a prefix spreads over all)."""
     if source.startswith(STDLIB_PREFIX):
         texts = [doc.text for doc in stdlib_corpus(source.removeprefix(STDLIB_PREFIX)).train]
     else:
-        texts = [doc.text for doc in text_documents(find_files(source))]
+        texts = [doc.text for doc in text_documents(find_files(source), text_field)]
     order = np.random.default_rng(seed).permutation(len(texts))
     return [texts[i] for i in order]
 

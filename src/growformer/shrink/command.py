@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from growformer.data import DEFAULT_TEXT_FIELD
 from growformer.shrink.calibration import DEFAULT_CALIB_TOKENS
 from growformer.shrink.folder import shrink_folder
 from growformer.shrink.target import ShrinkError
@@ -42,6 +43,12 @@ def add_shrink_command(sub: argparse._SubParsersAction) -> None:
         help="calibration data: text, .jsonl or .bin token files (default: the default corpus)",
     )
     p.add_argument(
+        "--text-field",
+        default=DEFAULT_TEXT_FIELD,
+        metavar="NAME",
+        help=f"the field of each JSON line that holds its text (default {DEFAULT_TEXT_FIELD!r})",
+    )
+    p.add_argument(
         "--calib-tokens",
         type=int,
         default=DEFAULT_CALIB_TOKENS,
@@ -72,6 +79,7 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
         args.dst,
         sizes,
         data=args.data,
+        text_field=args.text_field,
         calib_tokens=args.calib_tokens,
         keep_layers=_layer_list(args.keep_layers),
         rescale=args.rescale,

@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from growformer.config import ModelConfig
-from growformer.data import DEFAULT_DATA
+from growformer.data import DEFAULT_DATA, DEFAULT_TEXT_FIELD
 from growformer.hf import Canonical, FormatError, is_hf_folder, read_folder, write_folder
 from growformer.model import Transformer, model_from_state
 from growformer.model_io import (
@@ -56,6 +56,7 @@ def shrink_folder(
     target: Mapping[str, int],
     *,
     data: str | os.PathLike | None = None,
+    text_field: str = DEFAULT_TEXT_FIELD,
     calib_tokens: int = DEFAULT_CALIB_TOKENS,
     keep_layers: Sequence[int] | None = None,
     rescale: bool = True,
@@ -64,8 +65,9 @@ def shrink_folder(
     """Shrink the model folder ``src`` (growformer, or Hugging Face GPT-2, Llama, Qwen2,
     Mistral or BERT) to ``target`` sizes and write it to ``dst`` in the same format.
 
-    Calibrates on ``calib_tokens`` tokens of ``data`` (default: the default corpus; see
-    ``growformer.shrink.calibration`` for the tokenizer used). Raises, before anything is
+    Calibrates on ``calib_tokens`` tokens of ``data`` (default: the default corpus; of JSON
+    lines, the string in ``text_field``; see ``growformer.shrink.calibration`` for the
+    tokenizer used). Raises, before anything is
     written: ``CheckpointError`` (missing or unreadable source, existing ``dst`` without
     ``overwrite``; its ``FormatError`` when the family cannot store the target),
     ``ShrinkError`` (a target larger than the source, bad ``keep_layers``), ``DataError``
@@ -91,6 +93,7 @@ def shrink_folder(
         partial(folder_encoder, src, hugging_face),
         tokens=calib_tokens,
         seq_len=min(CALIB_SEQ_LEN, config.max_seq_len),
+        text_field=text_field,
     )
     options = {"keep_layers": keep_layers, "rescale": rescale}
     with _weights(src, config, canonical) as state:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from growformer.atomic import atomic_write
-from growformer.data import Dataset, load_dataset
+from growformer.data import DEFAULT_TEXT_FIELD, Dataset, load_dataset
 from growformer.train.config import PRESETS, TrainConfigError
 from growformer.train.generate import sample
 from growformer.train.plot import plot_runs
@@ -41,6 +41,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--schedule", choices=SCHEDULES, help="a named schedule")
     train.add_argument("--preset", choices=tuple(PRESETS), help="model and training preset")
     train.add_argument("--data", metavar="PATH", help="text, .jsonl or .bin token files")
+    train.add_argument(
+        "--text-field",
+        metavar="NAME",
+        help=f"the field of each JSON line that holds its text (default {DEFAULT_TEXT_FIELD!r})",
+    )
     train.add_argument("--out", metavar="DIR", help="run folder (default runs/SCHEDULE)")
     train.add_argument("--steps", type=int, metavar="N", help="override the step budget")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -70,23 +75,33 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _spec(args: argparse.Namespace) -> RunSpec:
     train = {"steps": args.steps} if args.steps is not None else {}
-    described = args.config or args.schedule or args.preset or args.data
+    described = args.config or args.schedule or args.preset or args.data or args.text_field
     if args.resume and args.out and not described and (Path(args.out) / RUN_FILE).is_file():
         spec = load_run_dir(args.out)
         return replace(spec, train=spec.train.replace(**train)) if train else spec
     if args.config:
-        if args.preset or args.data:
-            raise TrainConfigError("--preset and --data go in the --config file, not beside it")
+        if args.preset or args.data or args.text_field:
+            raise TrainConfigError(
+                "--preset, --data and --text-field go in the --config file, not beside it"
+            )
         return load_run_file(args.config, train_overrides=train)
     return run_spec(
-        args.preset or "small", train=train, schedule=args.schedule or "scratch", data=args.data
+        args.preset or "small",
+        train=train,
+        schedule=args.schedule or "scratch",
+        data=args.data,
+        text_field=args.text_field or DEFAULT_TEXT_FIELD,
     )
 
 
 def load_run_data(spec: RunSpec) -> Dataset:
     """The data of ``spec``, tokenized and validated for its sequence length and seed."""
     return load_dataset(
-        spec.data, vocab_size=spec.vocab_size, seq_len=spec.train.seq_len, seed=spec.train.seed
+        spec.data,
+        vocab_size=spec.vocab_size,
+        seq_len=spec.train.seq_len,
+        seed=spec.train.seed,
+        text_field=spec.text_field,
     )
 
 
@@ -100,7 +115,7 @@ def run_training(
     progress: bool = True,
 ) -> RunResult:
     """Train ``spec`` into ``out`` on ``dataset`` (default: ``load_run_data(spec)``); ``out``
-    also gets the tokenizer and ``data.json`` (the data's source, tokenizer size and
+    also gets the tokenizer and ``data.json`` (the data's source, tokenizer size, text field and
     fingerprint: a resumed run must see the same tokens). ``resume``: True for ``out``'s latest
     checkpoint, or a checkpoint folder (of this run or another) to continue from. Unless
     resuming ``out`` itself, ``out`` must be new or empty, else ``TrainConfigError`` before
@@ -114,6 +129,7 @@ def run_training(
     data_record = {
         "source": dataset.source,
         "vocab_size": spec.vocab_size,
+        "text_field": spec.text_field,
         "fingerprint": dataset.fingerprint,
     }
     if resume is True:

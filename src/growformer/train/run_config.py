@@ -4,6 +4,7 @@ TOML layout (every table optional; a preset supplies what is left out)::
 
     preset = "small"                 # tiny | small | base
     data = "corpus/"                 # default: the built-in corpus
+    text_field = "text"              # the field of each JSON line that holds its text
     [model]                          # ModelConfig fields of the target model
     n_layers = 4
     [train]                          # TrainConfig fields
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
+from growformer.data import DEFAULT_TEXT_FIELD
 from growformer.expand import GrowthError, GrowthOptions
 from growformer.train.config import PRESETS, TrainConfig, TrainConfigError, preset
 from growformer.train.schedule import (
@@ -59,6 +61,7 @@ _EVENT_FIELDS = (
 )
 RUN_FILE = "run.json"
 DATA_FILE = "data.json"
+_RUN_FILE_KEYS = ("preset", "data", "text_field", "model", "train", "schedule")
 _OPTION_FIELDS = tuple(f.name for f in fields(GrowthOptions))
 
 
@@ -66,14 +69,15 @@ _OPTION_FIELDS = tuple(f.name for f in fields(GrowthOptions))
 class RunSpec:
     """Everything a run needs but the data: the target model (its vocabulary size is set from
     the data's tokenizer), the training config, the schedule, the data path (None: the
-    built-in corpus), and the tokenizer's vocabulary size (``[model] vocab_size``, else the
-    preset's)."""
+    built-in corpus), the tokenizer's vocabulary size (``[model] vocab_size``, else the
+    preset's) and the field of each JSON line that holds its text."""
 
     target: ModelConfig
     train: TrainConfig
     schedule: Schedule
     data: str | None
     vocab_size: int
+    text_field: str = DEFAULT_TEXT_FIELD
 
 
 def run_spec(
@@ -83,6 +87,7 @@ def run_spec(
     train: Mapping[str, Any] | None = None,
     schedule: Mapping[str, Any] | str = "scratch",
     data: str | None = None,
+    text_field: str = DEFAULT_TEXT_FIELD,
 ) -> RunSpec:
     """Build and validate a run from a preset and overrides (the TOML tables, as mappings).
 
@@ -97,6 +102,11 @@ def run_spec(
         raise TrainConfigError(f"schedule must be a name or a table, got {schedule!r}")
     if data is not None and not isinstance(data, str):
         raise TrainConfigError(f"data must be a path (a string), got {data!r}")
+    if not isinstance(text_field, str) or not text_field:
+        raise TrainConfigError(
+            f"text_field (the JSON lines' field to read) must be a non-empty string, got "
+            f"{text_field!r}"
+        )
     _check_keys("[model]", model, ModelConfig)
     _check_keys("[train]", train, TrainConfig)
     try:
@@ -118,7 +128,7 @@ def run_spec(
     built = _schedule_from_table(table, target, train_config)
     built.plan(target, train_config)
     vocab_size = target.vocab_size if model and "vocab_size" in model else base.vocab_size
-    return RunSpec(target, train_config, built, data, vocab_size)
+    return RunSpec(target, train_config, built, data, vocab_size, text_field)
 
 
 def load_run_file(path: str | Path, train_overrides: Mapping[str, Any] | None = None) -> RunSpec:
@@ -131,11 +141,10 @@ def load_run_file(path: str | Path, train_overrides: Mapping[str, Any] | None = 
         raise TrainConfigError(f"--config {path}: cannot read: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise TrainConfigError(f"--config {path}: not valid TOML: {error}") from None
-    unknown = sorted(set(data) - {"preset", "data", "model", "train", "schedule"})
+    unknown = sorted(set(data) - set(_RUN_FILE_KEYS))
     if unknown:
         raise TrainConfigError(
-            f"--config {path}: unknown key(s) {unknown}; allowed: preset, data, model, train, "
-            "schedule"
+            f"--config {path}: unknown key(s) {unknown}; allowed: {', '.join(_RUN_FILE_KEYS)}"
         )
     name = data.get("preset", "small")
     if name not in PRESETS:
@@ -149,13 +158,15 @@ def load_run_file(path: str | Path, train_overrides: Mapping[str, Any] | None = 
         train={**train, **(train_overrides or {})},
         schedule=data.get("schedule", "scratch"),
         data=data.get("data"),
+        text_field=data.get("text_field", DEFAULT_TEXT_FIELD),
     )
 
 
 def load_run_dir(run_dir: str | Path) -> RunSpec:
     """The spec a run folder was trained with, from its ``run.json`` and ``data.json`` (the
-    data source and tokenizer vocabulary size), so a run can be resumed or branched without
-    repeating its options. Raises ``TrainConfigError`` when either file is missing or bad."""
+    data source, tokenizer vocabulary size and JSON lines' text field), so a run can be resumed
+    or branched without repeating its options. Raises ``TrainConfigError`` when either file is
+    missing or bad."""
     run_dir = Path(run_dir)
     try:
         run = json.loads((run_dir / RUN_FILE).read_text())
@@ -166,6 +177,7 @@ def load_run_dir(run_dir: str | Path) -> RunSpec:
             schedule_from_dict(run["schedule"]),
             data["source"],
             data["vocab_size"],
+            data.get("text_field", DEFAULT_TEXT_FIELD),
         )
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise TrainConfigError(

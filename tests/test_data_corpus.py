@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
-from growformer.atomic import atomic_write
+from growformer.atomic import atomic_write, current_umask
 from growformer.data import DataError, Document, split_documents, stdlib_corpus
 from growformer.data.cache import CACHE_ENV, cache_dir, content_hash
 from growformer.data.corpus import build_stdlib_documents, module_docstrings, stdlib_files
@@ -41,6 +42,27 @@ def test_atomic_write_leaves_one_whole_file_with_the_umask_mode(tmp_path):
     assert path.read_bytes() == b"second"
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert [p.name for p in path.parent.iterdir()] == ["f.bin"]
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/status").is_file()
+    or "Umask:" not in Path("/proc/self/status").read_text(),
+    reason="the kernel does not report the umask",
+)
+def test_reading_the_umask_does_not_change_it(monkeypatch):
+    """Where the kernel reports it, reading the umask never sets it (another thread creating a
+    file meanwhile would get the wrong mode)."""
+    mask = os.umask(0o027)
+    try:
+
+        def no_umask(_):
+            raise AssertionError("os.umask called")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        assert current_umask() == 0o027
+        monkeypatch.undo()
+    finally:
+        os.umask(mask)
 
 
 def test_content_hash_separates_parts():

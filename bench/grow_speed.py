@@ -10,7 +10,7 @@ old + new model size. Targets: grow time ≤ 2x copy time; peak ≤ (old + new) 
 beside the issue's ``grow/copy`` the table shows ``grow/copy new``, against (c): the same clone
 loop over a model of the target size.
 
-    python bench/grow_speed.py [--repeats 3] [--threads 2]
+    python bench/grow_speed.py [--repeats 3] [--threads 2] [--rows hidden layers]
 """
 
 from __future__ import annotations
@@ -108,7 +108,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=[name.split()[0] for name in TARGETS],
+        help="only these rows (the first word of a target)",
+    )
     args = parser.parse_args()
+    rows = [name for name in TARGETS if not args.rows or name.split()[0] in args.rows]
     # Every allocation a fresh mapping (glibc's threshold otherwise adapts, so the copy would
     # sometimes reuse warm memory and sometimes page-fault): both sides pay the same first touch.
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 16))
@@ -122,7 +129,7 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    for name in TARGETS:
+    for name in rows:
         queue = ctx.Queue()
         proc = ctx.Process(target=_row, args=(name, args.threads, args.repeats, queue))
         proc.start()

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conftest import check_overwrite, cli
-from growformer import hf
+from growformer import grow, hf
 from hf_tiny import RTOL, gpt2, llama, load, output, qwen2, relative_error, saved, tokens
 
 
@@ -186,7 +187,7 @@ BAD_FOLDERS = {
     "pickle_weights_only": (_pickle_weights_only, "growformer reads safetensors weights only"),
     "layers_do_not_match": (_layers_do_not_match, "missing ['model.layers.2."),
     "scaled_rope": (_scaled_rope, "rope_type='linear' is not supported"),
-    "legacy_scaling": (_legacy_scaling_beside_rope_parameters, "rope_scaling="),
+    "legacy_scaling": (_legacy_scaling_beside_rope_parameters, "rope_scaling.rope_type="),
 }
 
 
@@ -235,13 +236,97 @@ def test_targets_the_family_cannot_store_fail_before_writing(
     assert not (tmp_path / "dst").exists()
 
 
-def test_mixed_layer_types_cannot_grow_in_depth(tmp_path: Path, capsys) -> None:
-    model = qwen2(use_sliding_window=True, sliding_window=8, max_window_layers=1)
-    src = saved(model, tmp_path / "src")
-    assert cli("grow", src, tmp_path / "dst", "--layers", "3") == 2
-    assert "layer_types mixes" in capsys.readouterr().err
-    assert not (tmp_path / "dst").exists()
+@pytest.mark.parametrize(
+    ("settings", "theta"),
+    [
+        ({"rope_parameters": {"rope_type": "default", "rope_theta": 500.0}}, 500.0),
+        ({"rope_parameters": None, "rope_theta": 700.0}, 700.0),
+        # A legacy rope_scaling replaces rope_parameters whole (its base: the top-level one).
+        (
+            {
+                "rope_parameters": {"rope_type": "default", "rope_theta": 500.0},
+                "rope_scaling": {"type": "default"},
+            },
+            10000.0,
+        ),
+        (
+            {
+                "rope_parameters": {"rope_type": "default", "rope_theta": 500.0},
+                "rope_scaling": {"rope_type": "default"},
+                "rope_theta": 900.0,
+            },
+            900.0,
+        ),
+    ],
+)
+def test_the_rope_base_is_read_as_transformers_reads_it(
+    tmp_path: Path, settings: dict, theta: float
+) -> None:
+    src = saved(llama(), tmp_path / "src")
+    _edit_config(src, **settings)
+    assert load(src).config.rope_parameters["rope_theta"] == theta
+    assert hf.read_folder(src).config.rope_theta == theta
     assert cli("grow", src, tmp_path / "dst", "--ffn", "64") == 0
+    written = json.loads((tmp_path / "dst" / "config.json").read_text())
+    assert written["rope_parameters"] == {"rope_type": "default", "rope_theta": theta}
+    assert "rope_scaling" not in written and "rope_theta" not in written
+    ids = tokens()
+    assert relative_error(output(load(src), ids), output(load(tmp_path / "dst"), ids)) <= RTOL
+
+
+def _sliding_qwen2(folder: Path, explicit: bool) -> Path:
+    """A 4-layer Qwen2 whose layers 2 and 3 attend through a window of 4 tokens: as
+    ``layer_types``, or (``explicit=False``, as the Hub's Qwen2 configs do) only through
+    ``max_window_layers``."""
+    model = qwen2(
+        num_hidden_layers=4, use_sliding_window=True, sliding_window=4, max_window_layers=2
+    )
+    src = saved(model, folder)
+    if not explicit:
+        config = json.loads((src / "config.json").read_text())
+        del config["layer_types"]
+        (src / "config.json").write_text(json.dumps(config))
+    return src
+
+
+@pytest.mark.parametrize("explicit", [True, False], ids=["layer_types", "max_window_layers"])
+@pytest.mark.parametrize(
+    ("where", "init", "sliding"),
+    [
+        ("interleave", "identity", [4, 5, 6, 7]),  # each new layer follows its source
+        ("middle", "copy", [6, 7]),  # the new layers are copies of layer 1 (full)
+    ],
+)
+def test_sliding_and_full_layers_keep_their_attention_through_depth_growth(
+    tmp_path: Path, explicit: bool, where: str, init: str, sliding: list[int]
+) -> None:
+    """Every layer keeps its attention type wherever growth moves it (a new layer takes the
+    type of the layer it was made from), so on sequences longer than the window the grown
+    model still equals the source in transformers; ``max_window_layers`` is rewritten to say
+    the same for readers that derive the types from it."""
+    src = _sliding_qwen2(tmp_path / "src", explicit)
+    dst = tmp_path / "dst"
+    assert cli("grow", src, dst, "--layers", "8", "--where", where, "--layer-init", init) == 0
+    ids = tokens(seq=16)
+    assert relative_error(output(load(src), ids), output(load(dst), ids)) <= RTOL
+    written = json.loads((dst / "config.json").read_text())
+    types = written["layer_types"]
+    assert [i for i, t in enumerate(types) if t == "sliding_attention"] == sliding
+    legacy = {k: v for k, v in written.items() if k != "layer_types"}
+    assert transformers.Qwen2Config(**legacy).layer_types == written["layer_types"]
+
+
+def test_mixed_layer_types_of_weights_grown_elsewhere_cannot_grow_in_depth(tmp_path: Path) -> None:
+    """Without growth's record of where the new layers went, mixed types cannot be placed."""
+    src = _sliding_qwen2(tmp_path / "src", explicit=False)
+    source = hf.read_folder(src)
+    grown = source.model()
+    deeper, _ = grow(grown, {"n_layers": 6})
+    with pytest.raises(hf.FormatError, match="layer_types mixes"):
+        hf.write_folder(source.with_model(deeper), tmp_path / "dst", like=src)
+    assert not (tmp_path / "dst").exists()
+    assert cli("grow", src, tmp_path / "wider", "--ffn", "64") == 0
+    assert "layer_types" not in json.loads((tmp_path / "wider" / "config.json").read_text())
 
 
 def test_existing_destination_is_refused_and_overwrite_replaces_it(

@@ -15,9 +15,11 @@ import pytest
 import torch
 import transformers
 
+from growformer.expand import GrowthOptions
+from growformer.integrations import hf_inplace
 from growformer.integrations.folding import SequenceFolding
 from growformer.integrations.transformers import GrowthCallback, GrowthCallbackError
-from growformer.train.schedule import Schedule
+from growformer.train.schedule import GrowthEvent, Schedule
 from growth_callback_helpers import (
     GROW_AT,
     LLAMA_GROWN,
@@ -28,7 +30,7 @@ from growth_callback_helpers import (
     logged_losses,
     schedule,
 )
-from hf_tiny import gpt2, llama, relative_error, tokens
+from hf_tiny import gpt2, llama, qwen2, relative_error, tokens
 
 HERE = Path(__file__).parent
 
@@ -66,6 +68,29 @@ def test_llama_grows_exactly_trains_on_and_saves_at_the_grown_size(tmp_path):
     ids = tokens()
     with torch.no_grad():
         assert relative_error(model.eval()(ids).logits, loaded(ids).logits) == 0.0
+
+
+@pytest.mark.parametrize("method", ["exact", "stack"])
+def test_sliding_and_full_layers_keep_their_attention_when_grown_in_place(method):
+    """A Qwen2 whose second layer attends through a window of 4 tokens: after depth growth in
+    place each layer has the attention type of the layer it came from (exact growth keeps the
+    logits on sequences longer than the window)."""
+    model = qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=1).eval()
+    assert model.config.layer_types == ["full_attention", "sliding_attention"]
+    ids = tokens(seq=16)
+    with torch.no_grad():
+        before = model(ids).logits
+    options = GrowthOptions(where="interleave")
+    event = GrowthEvent(step=1, sizes={"n_layers": 4}, method=method, options=options)
+    hf_inplace.grow_(model, None, event)
+    full, sliding = "full_attention", "sliding_attention"
+    expected = [full, full, sliding, sliding] if method == "exact" else [full, sliding] * 2
+    assert model.config.layer_types == expected
+    assert model.config.max_window_layers == (2 if method == "exact" else 1)
+    assert [layer.self_attn.layer_type for layer in model.model.layers] == expected
+    if method == "exact":
+        with torch.no_grad():
+            assert relative_error(before, model(ids).logits) <= 1e-5
 
 
 def test_gpt2_grows_exactly(tmp_path):

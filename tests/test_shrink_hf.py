@@ -65,20 +65,29 @@ def test_gpt2_family_limit_is_checked_before_anything_is_written(tmp_path, token
     assert not dst.exists()
 
 
-def test_shrink_keeps_the_layer_types_of_the_kept_layers(tmp_path, token_file):
-    """Sliding and full attention stay with their layers when a shrink drops some."""
+@pytest.mark.parametrize("explicit", [True, False], ids=["layer_types", "max_window_layers"])
+def test_shrink_keeps_the_layer_types_of_the_kept_layers(tmp_path, token_file, explicit):
+    """Sliding and full attention stay with their layers when a shrink drops some, also when
+    config.json gives the types only through ``max_window_layers`` (the Hub's Qwen2 configs)."""
     from growformer.shrink import shrink_folder
 
     source = qwen2(
-        num_hidden_layers=3, use_sliding_window=True, sliding_window=8, max_window_layers=1
+        num_hidden_layers=4, use_sliding_window=True, sliding_window=8, max_window_layers=2
     )
     src = saved(source, tmp_path / "src")
-    types = json.loads((src / "config.json").read_text())["layer_types"]
-    assert len(set(types)) == 2
+    config = json.loads((src / "config.json").read_text())
+    types = config["layer_types"]
+    assert types == ["full_attention"] * 2 + ["sliding_attention"] * 2
+    if not explicit:
+        del config["layer_types"]
+        (src / "config.json").write_text(json.dumps(config))
     dst = tmp_path / "dst"
-    shrink_folder(src, dst, {"n_layers": 2}, keep_layers=[0, 2], data=token_file, calib_tokens=128)
-    assert json.loads((dst / "config.json").read_text())["layer_types"] == [types[0], types[2]]
-    load(dst)
+    keep = [0, 2, 3]
+    shrink_folder(src, dst, {"n_layers": 3}, keep_layers=keep, data=token_file, calib_tokens=128)
+    written = json.loads((dst / "config.json").read_text())
+    assert written["layer_types"] == [types[i] for i in keep]
+    assert written["max_window_layers"] == 1
+    assert load(dst).config.layer_types == [types[i] for i in keep]
 
 
 def test_written_tokenizer_length_fits_the_positions(tmp_path):

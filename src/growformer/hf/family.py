@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -34,6 +34,7 @@ from growformer.expand import GrowthOptions, expand_state, resolve_target
 from growformer.expand._ops import DimChange, Rng, grow_tensor, prefix_index
 from growformer.model import Transformer, model_from_state
 from growformer.model_io import CheckpointError
+from growformer.resize import ResizeRecord
 
 _MISSING = object()
 
@@ -88,6 +89,19 @@ class Source:
     duplicates: tuple[str, ...] = ()
     kept: Mapping[str, Tensor] = field(default_factory=dict)
 
+    def after_growth(self, old: ModelConfig, new: ModelConfig, record: ResizeRecord) -> Source:
+        """This source with its config's per-layer settings following the layers of a growth
+        from ``old`` to ``new`` (``record``: where each grown layer came from)."""
+        if new.n_layers == old.n_layers:
+            return self
+        layers = [
+            int(record[f"layers.{i}.attn.q.weight"].source.split(".")[1])
+            for i in range(new.n_layers)
+        ]
+        return dataclasses.replace(
+            self, hf_config=self.family.config_for_layers(self.hf_config, layers)
+        )
+
     @property
     def architecture(self) -> str:
         """The transformers class of the source: the one its config names, else the family's."""
@@ -128,7 +142,13 @@ class Canonical:
         with torch.no_grad():
             result = expand_state(self.config, self.state, target, options)
             extras = self.family.grow_extras(self.config, result.config, self.extras, self.source)
-        return dataclasses.replace(self, config=result.config, state=result.state, extras=extras)
+        return dataclasses.replace(
+            self,
+            config=result.config,
+            state=result.state,
+            extras=extras,
+            source=self.source.after_growth(self.config, result.config, result.record),
+        )
 
     def with_model(self, model: Transformer) -> Canonical:
         """The same source with ``model``'s weights; its sizes may only be larger (extras grow
@@ -184,6 +204,12 @@ class Family(ABC):
     def config_to_hf(self, config: ModelConfig, source: Mapping[str, Any]) -> dict:
         """``source`` (the source's config.json dict) updated to describe ``config`` (after
         ``check_storable``). Sizes are Python ints, eps Python floats."""
+
+    def config_for_layers(self, hf: Mapping[str, Any], layers: Sequence[int]) -> dict:
+        """``hf`` for a model whose layer i comes from the source's layer ``layers[i]`` (the one
+        it was grown from, or kept by shrinking): settings of a layer follow it. The default
+        has none."""
+        return dict(hf)
 
     def ties(self, hf: Mapping[str, Any], prefix: str) -> dict[str, str]:
         """Tied names: duplicate → the name of the tensor it is tied to."""

@@ -8,20 +8,22 @@ is the canonical layout: no permutation is needed. The families differ in their 
 and nothing else; Mistral has none.
 
 Config facts of transformers 5 handled here: the RoPE base lives in
-``rope_parameters["rope_theta"]`` (a legacy top-level ``rope_theta`` is read when
-``rope_parameters`` is absent and dropped on writing); ``head_dim`` is always written (Qwen2Config
-has no such field but keeps it as an extra key; without it head_dim silently becomes
-hidden/heads); ``layer_types`` is regenerated when the layer count changes; LlamaConfig requires
-hidden % heads == 0. Only the default RoPE is supported. Sliding-window attention (Mistral's
-``sliding_window``, Qwen2's ``use_sliding_window``) is kept in the config; the canonical model
-attends to the full context, so it equals the family's forward for sequences up to the window.
+``rope_parameters["rope_theta"]``, but a legacy ``rope_scaling`` replaces ``rope_parameters``
+whole and a legacy top-level ``rope_theta`` is the default base (both dropped on writing);
+``head_dim`` is always written (Qwen2Config has no such field but keeps it as an extra key;
+without it head_dim silently becomes hidden/heads); LlamaConfig requires hidden % heads == 0.
+Only the default RoPE is supported. Sliding-window attention (Mistral's ``sliding_window``,
+Qwen2's ``use_sliding_window``) is kept in the config; the canonical model attends to the full
+context, so it equals the family's forward for sequences up to the window. Qwen2's per-layer
+attention types (``layer_types``, or without it ``max_window_layers``) follow the layers when
+growth or shrinking changes the depth (``Family.config_for_layers``).
 """
 
 from __future__ import annotations
 
 import re
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from growformer.config import ModelConfig
@@ -37,6 +39,8 @@ from growformer.hf.family import (
     sizes_to_hf,
 )
 
+_FULL = "full_attention"
+_SLIDING = "sliding_attention"
 _PROJECTIONS = {
     "self_attn.q_proj": "attn.q",
     "self_attn.k_proj": "attn.k",
@@ -57,41 +61,39 @@ _LAYER = {
 }
 
 
-def rope_theta(hf: Mapping[str, Any], family: str) -> float:
-    """The RoPE base: ``rope_parameters["rope_theta"]``, else a legacy top-level ``rope_theta``.
+def rope_parameters(hf: Mapping[str, Any], family: str) -> dict[str, Any]:
+    """The RoPE parameters transformers uses: a legacy ``rope_scaling`` when present (it
+    replaces ``rope_parameters`` whole), else ``rope_parameters``; the base defaults to a
+    legacy top-level ``rope_theta``, else 10000. The type is normalized to ``rope_type``.
 
     Raises ``FormatError`` for any RoPE other than the default (scaled, partial, per layer type).
     """
-    scaling = hf.get("rope_scaling")
-    if scaling and not (
-        isinstance(scaling, Mapping) and scaling.get("rope_type", scaling.get("type")) == "default"
-    ):
-        # transformers applies a legacy rope_scaling even beside rope_parameters.
-        raise FormatError(
-            f"{family} config.json: rope_scaling={scaling!r} is not supported; "
-            "only the default RoPE is"
-        )
-    params = hf.get("rope_parameters")
-    if params is None:
-        return float(hf.get("rope_theta", 10000.0))
+    key = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
+    params = hf.get(key) or {}
     if not isinstance(params, Mapping):
-        raise FormatError(f"{family} config.json: rope_parameters must be an object")
-    check_setting(
-        family, "rope_parameters.rope_type", params.get("rope_type", "default"), ("default",)
-    )
+        raise FormatError(f"{family} config.json: {key} must be an object")
+    params = dict(params)
+    params["rope_type"] = params.pop("type", None) or params.get("rope_type", "default")
+    check_setting(family, f"{key}.rope_type", params["rope_type"], ("default",))
     check_setting(
         family,
-        "rope_parameters.partial_rotary_factor",
+        f"{key}.partial_rotary_factor",
         params.get("partial_rotary_factor", 1.0),
         (1.0,),
     )
     unknown = sorted(set(params) - {"rope_type", "rope_theta", "partial_rotary_factor"})
     if unknown:
         raise FormatError(
-            f"{family} config.json: rope_parameters {unknown} are not supported; "
+            f"{family} config.json: {key} {unknown} are not supported; "
             "allowed: rope_type, rope_theta"
         )
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    params["rope_theta"] = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    return params
+
+
+def rope_theta(hf: Mapping[str, Any], family: str) -> float:
+    """The RoPE base transformers uses for ``hf`` (see ``rope_parameters``)."""
+    return rope_parameters(hf, family)["rope_theta"]
 
 
 class LlamaStyle(Family):
@@ -135,6 +137,22 @@ class LlamaStyle(Family):
             **self.biases(hf),
         )
 
+    def layer_types(self, hf: Mapping[str, Any]) -> list[str] | None:
+        """Each layer's attention type as transformers reads ``hf`` (``layer_types``), or None
+        when the config has none."""
+        types = hf.get("layer_types")
+        return list(types) if isinstance(types, list) else None
+
+    def with_layer_types(self, hf: Mapping[str, Any], types: list[str]) -> dict:
+        """``hf`` with ``types`` as its layers' attention types."""
+        return {**hf, "layer_types": list(types)}
+
+    def config_for_layers(self, hf: Mapping[str, Any], layers: Sequence[int]) -> dict:
+        types = self.layer_types(hf)
+        if types is None:
+            return dict(hf)
+        return self.with_layer_types(hf, [types[i] for i in layers])
+
     def check_storable(self, config: ModelConfig) -> None:
         if config.qk_head_dim != config.v_head_dim:
             raise FormatError(
@@ -147,12 +165,12 @@ class LlamaStyle(Family):
         self.check_storable(config)
         c = config
         out = dict(source)
-        rope = dict(out.get("rope_parameters") or {"rope_type": "default"})
-        rope["rope_theta"] = float(c.rope_theta)
+        rope = {**rope_parameters(out, self.model_type), "rope_theta": float(c.rope_theta)}
         for legacy in ("rope_theta", "rope_scaling"):
             out.pop(legacy, None)
-        if "layer_types" in out and len(out["layer_types"]) != c.n_layers:
-            out["layer_types"] = _layer_types(out["layer_types"], c.n_layers, self.model_type)
+        types = self.layer_types(out)
+        if types is not None and len(types) != c.n_layers:
+            out = self.with_layer_types(out, _extended(types, c.n_layers, self.model_type))
         out.update(
             sizes_to_hf(c),
             num_key_value_heads=int(c.n_kv_heads),
@@ -163,13 +181,14 @@ class LlamaStyle(Family):
         return out
 
 
-def _layer_types(types: list[str], n_layers: int, family: str) -> list[str]:
-    """``layer_types`` for a new layer count: only a uniform list can be extended."""
+def _extended(types: list[str], n_layers: int, family: str) -> list[str]:
+    """``layer_types`` for a new layer count when which source layer each layer came from is
+    not known (weights grown elsewhere): only a uniform list can be extended."""
     if len(set(types)) > 1:
         raise FormatError(
-            f"{family} config.json: layer_types mixes {sorted(set(types))}; growing n_layers "
-            "would change which layers use sliding attention, so only uniform layer_types "
-            "can grow in depth"
+            f"{family} config.json: layer_types mixes {sorted(set(types))}; without knowing "
+            "where the new layers went, growing n_layers would change which layers use sliding "
+            "attention (grow the Hugging Face model itself, whose growth places them)"
         )
     return [types[0]] * n_layers
 
@@ -202,6 +221,27 @@ class Qwen2(LlamaStyle):
 
     def biases(self, hf: Mapping[str, Any]) -> dict[str, bool]:
         return {"attn_bias": True, "attn_out_bias": False, "mlp_bias": False}
+
+    def layer_types(self, hf: Mapping[str, Any]) -> list[str]:
+        """``layer_types``, else derived as ``Qwen2Config`` does for configs without it (the
+        Hub's Qwen2 and Qwen2.5 ones): layers from ``max_window_layers`` on use sliding
+        attention when ``use_sliding_window`` is on and ``sliding_window`` is set."""
+        types = super().layer_types(hf)
+        if types is not None:
+            return types
+        window = hf.get("sliding_window", 4096) if hf.get("use_sliding_window", False) else None
+        first = hf.get("max_window_layers", 28)
+        n_layers = require(hf, "num_hidden_layers", self.model_type)
+        return [_SLIDING if window is not None and i >= first else _FULL for i in range(n_layers)]
+
+    def with_layer_types(self, hf: Mapping[str, Any], types: list[str]) -> dict:
+        """Also ``max_window_layers`` where it can say the same (full layers, then sliding
+        ones), for readers that derive the types from it."""
+        out = super().with_layer_types(hf, types)
+        full = next((i for i, t in enumerate(types) if t != _FULL), len(types))
+        if out.get("use_sliding_window", False) and set(types[full:]) <= {_SLIDING}:
+            out["max_window_layers"] = full
+        return out
 
 
 class Mistral(LlamaStyle):

@@ -80,7 +80,8 @@ def grow_(
     with torch.no_grad():
         result = event_expansion(source.config, source.state, event)
         grown_form = dataclasses.replace(source, config=result.config, state=result.state)
-        hf_config = family.config_to_hf(result.config, source.source.hf_config)
+        grown_source = source.source.after_growth(source.config, result.config, result.record)
+        hf_config = family.config_to_hf(result.config, grown_source.hf_config)
         changes = {
             key: value
             for key, value in hf_config.items()

@@ -39,9 +39,8 @@ def subclone_canonical(
     )
     extras, kept = _cut_extras(source, child.plan, child.report.reader_scale)
     hf_config = dict(source.source.hf_config)
-    types = hf_config.get("layer_types")
-    if isinstance(types, list) and len(types) == source.config.n_layers:
-        hf_config["layer_types"] = [types[i] for i in child.plan.layers]
+    if list(child.plan.layers) != list(range(source.config.n_layers)):
+        hf_config = source.family.config_for_layers(hf_config, child.plan.layers)
     canonical = dataclasses.replace(
         source,
         config=child.config,

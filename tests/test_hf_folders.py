@@ -213,6 +213,15 @@ def test_missing_shard_fails_clearly(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "dst").exists()
 
 
+def test_a_single_weights_file_wins_over_an_index_beside_it(src: Path, tmp_path: Path) -> None:
+    """transformers loads ``model.safetensors`` when both are there; so does growformer."""
+    stale = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors"}}
+    (src / "model.safetensors.index.json").write_text(json.dumps(stale))
+    assert cli("grow", src, tmp_path / "dst", "--ffn", "64") == 0
+    ids = tokens()
+    assert relative_error(output(load(src), ids), output(load(tmp_path / "dst"), ids)) <= RTOL
+
+
 TARGETS_NOT_STORABLE = {
     "gpt2_heads_without_hidden": (gpt2, ["--heads", "6"], "GPT-2 stores no head_dim"),
     "gpt2_grouped_kv": (

@@ -102,7 +102,11 @@ def read_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
-    """The weight files of a folder and, when sharded, the index's weight map."""
+    """The weight files of a folder and, when sharded, the index's weight map. A single
+    ``model.safetensors`` wins over an index beside it, as in transformers."""
+    single = folder / WEIGHTS_FILE
+    if single.is_file():
+        return [single], None
     index = folder / INDEX_FILE
     if index.is_file():
         try:
@@ -114,9 +118,6 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
         if missing:
             raise CheckpointError(f"{index} lists shards that are missing: {missing}")
         return files, weight_map
-    single = folder / WEIGHTS_FILE
-    if single.is_file():
-        return [single], None
     raise CheckpointError(
         f"{folder} has neither {WEIGHTS_FILE} nor {INDEX_FILE} (growformer reads safetensors "
         "weights only)"

@@ -149,6 +149,45 @@ def test_json_lines_are_read_from_the_chosen_field_and_resume_keeps_it(tmp_path,
     assert "go in the --config file" in capsys.readouterr().err
 
 
+def test_demo_trains_both_schedules_and_keeps_existing_runs(tmp_path, corpus, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--steps", "4"]
+    assert main(args) == 0
+    assert "compound" in (out / "table.md").read_text()
+    assert read_metrics(out / "scratch")[-1]["step"] == "4"
+    (out / "compound" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "compound" / "notes.txt").read_text() == "mine"
+    assert main([*args, "--overwrite"]) == 0
+    assert not (out / "compound" / "notes.txt").exists()
+    assert main(["demo", "--out", str(tmp_path / "zero"), "--steps", "0"]) == 2
+    assert "steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"x", b"", b"PK\x03\x04"])
+def test_a_damaged_trainer_state_is_a_clear_error(tmp_path, corpus, capsys, content):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--steps", "2"]
+    assert main([*args, "--no-progress"]) == 0
+    (trainer_file,) = out.glob("checkpoints/*/trainer.pt")
+    trainer_file.write_bytes(content)
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--steps", "4"]) == 2
+    assert "is not a readable trainer state" in capsys.readouterr().err
+    assert main(["generate", str(out), "--prompt", "The"]) == 2
+    assert "is not a readable trainer state" in capsys.readouterr().err
+
+
+def test_an_empty_text_field_is_refused(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out)]
+    assert main([*args, "--text-field", ""]) == 2
+    assert "must be a non-empty string" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_bad_data_fails_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", "--preset", "tiny", "--data", str(tmp_path / "nope"), "--out", str(out)])

@@ -10,6 +10,7 @@ are a function of the step, so the step is the data position. ``trainer.pt`` loa
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,15 @@ def _trainer_state(path: Path) -> dict[str, Any]:
             raise KeyError(f"missing {sorted(missing)}")
         RunPosition(**state["position"])
         return state
-    except (OSError, RuntimeError, KeyError, TypeError) as error:
+    except (
+        OSError,
+        RuntimeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as error:
         raise CheckpointError(f"{file} is not a readable trainer state: {error}") from error
 
 

@@ -57,6 +57,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", metavar="DIR", default="runs/demo")
     demo.add_argument("--preset", choices=tuple(PRESETS), default="small")
     demo.add_argument("--steps", type=int, metavar="N", help="override the step budget")
+    demo.add_argument("--data", metavar="PATH", help="text, .jsonl or .bin token files")
+    demo.add_argument("--overwrite", action="store_true", help="replace non-empty run folders")
     demo.set_defaults(run=_cmd_demo)
 
     plot = sub.add_parser("plot", help="validation loss vs time and FLOPs, as PNG")
@@ -75,12 +77,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _spec(args: argparse.Namespace) -> RunSpec:
     train = {"steps": args.steps} if args.steps is not None else {}
-    described = args.config or args.schedule or args.preset or args.data or args.text_field
+    described = args.config or args.schedule or args.preset or args.data
+    described = described or args.text_field is not None
     if args.resume and args.out and not described and (Path(args.out) / RUN_FILE).is_file():
         spec = load_run_dir(args.out)
         return replace(spec, train=spec.train.replace(**train)) if train else spec
     if args.config:
-        if args.preset or args.data or args.text_field:
+        if args.preset or args.data or args.text_field is not None:
             raise TrainConfigError(
                 "--preset, --data and --text-field go in the --config file, not beside it"
             )
@@ -90,7 +93,7 @@ def _spec(args: argparse.Namespace) -> RunSpec:
         train=train,
         schedule=args.schedule or "scratch",
         data=args.data,
-        text_field=args.text_field or DEFAULT_TEXT_FIELD,
+        text_field=DEFAULT_TEXT_FIELD if args.text_field is None else args.text_field,
     )
 
 
@@ -205,13 +208,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    train = {"steps": args.steps} if args.steps else None
-    specs = {name: run_spec(args.preset, train=train, schedule=name) for name in DEMO_SCHEDULES}
+    train = {"steps": args.steps} if args.steps is not None else None
+    specs = {
+        name: run_spec(args.preset, train=train, schedule=name, data=args.data)
+        for name in DEMO_SCHEDULES
+    }
+    for name in DEMO_SCHEDULES:
+        check_run_dir(out / name, args.overwrite)
     dataset = load_run_data(specs["scratch"])
     summaries = []
     for name, spec in specs.items():
         print(f"== {name} ==")
-        run_training(spec, out / name, dataset=dataset, overwrite=True)
+        run_training(spec, out / name, dataset=dataset, overwrite=args.overwrite)
         summaries.append(summarize(out / name))
     table = speedup_table(summaries[0], summaries[1:])
     plot = plot_runs([out / name for name in DEMO_SCHEDULES], out / "loss.png")

@@ -7,7 +7,10 @@ import json
 import pytest
 
 from growformer.cli import main
+from growformer.train.commands import check_same_data, run_training
+from growformer.train.config import TrainConfigError
 from growformer.train.metrics import read_events, read_metrics
+from growformer.train.run_config import run_spec
 
 TEXT = "\n\n".join(
     f"Paragraph {i}: the quick brown fox jumps over the lazy dog, and the cat watches it "
@@ -213,10 +216,42 @@ def test_resume_continues_a_run_and_refuses_other_data(tmp_path, corpus, capsys)
     assert main([*args, "--out", str(out), "--steps", "12", "--resume"]) == 2
     assert "the data differs" in capsys.readouterr().err
     args[-1] = str(corpus)
-    for record, message in (('{"source": "x"', "not valid JSON"), ("{}", "not a data record")):
+    for record in ('{"source": "x"', "{}"):
         (out / "data.json").write_text(record)
         assert main([*args, "--out", str(out), "--steps", "12", "--resume"]) == 2
-        assert message in capsys.readouterr().err
+        assert "not a growformer run folder with run.json and data.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("record", "message"), [('{"source": "x"', "not valid JSON"), ("{}", "not a data record")]
+)
+def test_a_damaged_data_record_is_a_clear_error(tmp_path, record, message):
+
+    (tmp_path / "data.json").write_text(record)
+    with pytest.raises(TrainConfigError, match=message):
+        check_same_data(tmp_path, None)
+
+
+def test_resume_refuses_flags_that_describe_another_run(tmp_path, corpus, capsys):
+    """Resuming under another schedule, model or training setting would continue the
+    checkpoints under a plan they were not made with."""
+    out = tmp_path / "run"
+    base = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out)]
+    assert main([*base, "--schedule", "compound", "--steps", "6", "--no-progress"]) == 0
+    capsys.readouterr()
+    for other, field in (
+        (["--schedule", "stack"], "schedule.name"),
+        (["--schedule", "compound", "--preset", "small"], "model.n_layers"),
+    ):
+        args = [a for a in base if a != "tiny"] if "small" in other else base
+        args = [a for a in args if a != "--preset"] if "small" in other else args
+        assert main([*args, *other, "--steps", "8", "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "was trained with other settings" in err and field in err
+    assert read_metrics(out)[-1]["step"] == "6"
+    assert main([*base, "--schedule", "compound", "--steps", "8", "--resume"]) == 0
+    assert main(["train", "--out", str(out), "--steps", "10", "--resume"]) == 0
+    assert read_metrics(out)[-1]["step"] == "10"
 
 
 def test_a_new_run_refuses_a_non_empty_folder_unless_overwritten(tmp_path, corpus, capsys):
@@ -279,9 +314,14 @@ def test_resume_refuses_a_checkpoint_of_another_schedule(tmp_path, corpus, capsy
     args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--no-progress"]
     assert main([*args, "--steps", "5"]) == 0
     assert main([*args, "--steps", "10", "--schedule", "stack", "--resume"]) == 2
-    assert "is not stage 0 of schedule 'stack'" in capsys.readouterr().err
+    assert "schedule.name differ" in capsys.readouterr().err
     assert main([*args, "--steps", "3", "--resume"]) == 2
     assert "past this run's 3 steps" in capsys.readouterr().err
+
+    stack = run_spec("tiny", train={"steps": 10}, schedule="stack", data=str(corpus))
+    checkpoint = sorted((out / "checkpoints").iterdir())[-1]
+    with pytest.raises(TrainConfigError, match="is not stage 0 of schedule 'stack'"):
+        run_training(stack, tmp_path / "branch", resume=checkpoint, progress=False)
 
 
 def test_resuming_a_finished_run_reports_its_validation_loss(tmp_path, corpus, capsys):

@@ -75,13 +75,28 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     generate.set_defaults(run=_cmd_generate)
 
 
-def _spec(args: argparse.Namespace) -> RunSpec:
-    train = {"steps": args.steps} if args.steps is not None else {}
+def _spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
+    """The run the flags ask for and its folder. ``--resume`` of a folder with a ``run.json``
+    continues the recorded run (``--steps`` may change its budget); flags that describe a run
+    beside it must describe that same run."""
     described = args.config or args.schedule or args.preset or args.data
     described = described or args.text_field is not None
-    if args.resume and args.out and not described and (Path(args.out) / RUN_FILE).is_file():
-        spec = load_run_dir(args.out)
-        return replace(spec, train=spec.train.replace(**train)) if train else spec
+    budget = {"steps": args.steps} if args.steps is not None else {}
+    given = _described_spec(args, budget) if described or not args.out else None
+    out = Path(args.out or f"runs/{given.schedule.name}")
+    if not (args.resume and (out / RUN_FILE).is_file()):
+        return given or _described_spec(args, budget), out
+    recorded = load_run_dir(out)
+    if given is not None:
+        check_same_run(out, recorded, given)
+        recorded = replace(
+            recorded, data=given.data, vocab_size=given.vocab_size, text_field=given.text_field
+        )
+        budget = {"steps": given.train.steps}
+    return replace(recorded, train=recorded.train.replace(**budget)), out
+
+
+def _described_spec(args: argparse.Namespace, train: dict) -> RunSpec:
     if args.config:
         if args.preset or args.data or args.text_field is not None:
             raise TrainConfigError(
@@ -95,6 +110,30 @@ def _spec(args: argparse.Namespace) -> RunSpec:
         data=args.data,
         text_field=DEFAULT_TEXT_FIELD if args.text_field is None else args.text_field,
     )
+
+
+def check_same_run(run_dir: Path, recorded: RunSpec, given: RunSpec) -> None:
+    """Raise ``TrainConfigError`` naming what differs when ``given`` is not the run recorded
+    in ``run_dir``: another schedule (by name), target model or training setting (``steps``
+    aside). The recorded schedule's events are what continues (their steps were planned for
+    the budget the run started with)."""
+    target = given.target.replace(vocab_size=recorded.target.vocab_size)
+    parts = {
+        "model": (target.to_dict(), recorded.target.to_dict()),
+        "train": (given.train.to_dict(), recorded.train.to_dict()),
+        "schedule": ({"name": given.schedule.name}, {"name": recorded.schedule.name}),
+    }
+    differing = []
+    for part, (new, old) in parts.items():
+        new, old = json.loads(json.dumps(new)), json.loads(json.dumps(old))
+        keys = sorted((set(new) | set(old)) - {"steps"})
+        differing += [f"{part}.{key}" for key in keys if new.get(key) != old.get(key)]
+    if differing:
+        raise TrainConfigError(
+            f"{run_dir} was trained with other settings ({', '.join(differing)} differ): resume "
+            "it with --resume --out alone (its run.json keeps them; --steps may extend it), "
+            "or start a new run in another --out"
+        )
 
 
 def load_run_data(spec: RunSpec) -> Dataset:
@@ -192,8 +231,7 @@ def check_same_data(run_dir: Path, dataset: Dataset) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    spec = _spec(args)
-    out = Path(args.out or f"runs/{spec.schedule.name}")
+    spec, out = _spec(args)
     result = run_training(
         spec, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
     )

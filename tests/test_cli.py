@@ -254,6 +254,8 @@ def test_output_folder_permissions_follow_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(previous)
     assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}
 
 
 def test_console_script_and_module_entry_points(src: Path) -> None:
@@ -264,3 +266,16 @@ def test_console_script_and_module_entry_points(src: Path) -> None:
         check=True,
     )
     assert "parameters:" in result.stdout
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(src: Path) -> None:
+    """``growformer info M | head -1``: the closed pipe ends the command quietly."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "growformer", "info", str(src)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # long before the command, still importing torch, prints
+    stderr = proc.stderr.read().decode()
+    assert proc.wait() in (0, 1)
+    assert stderr == ""

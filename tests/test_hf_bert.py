@@ -75,7 +75,7 @@ def test_minilm_cli_refuses_heads_and_hidden_without_approximate(tmp_path: Path,
     assert main(["grow", str(MINILM), str(tmp_path / "a"), "--heads", "16"]) == 2
     assert "BertConfig ties the head size" in capsys.readouterr().err
     assert main(["grow", str(MINILM), str(tmp_path / "b"), "--layers", "8"]) == 2
-    assert "pass approximate=True" in capsys.readouterr().err
+    assert "pass approximate=True (--approximate)" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -46,16 +46,21 @@ def check_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` by rename.
 
-    The folder gets the permissions the umask gives a new folder. When replacing an existing
+    The folder and every file in it get the permissions the umask gives a new folder or file
+    (``safetensors`` writes its files 0600 whatever the umask). When replacing an existing
     ``path`` fails midway, the old one is put back. A path the system refuses raises
     ``OSError`` before anything is written.
     """
     path = check_destination(path, overwrite).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    mask = current_umask()
     try:
-        tmp.chmod(0o777 & ~current_umask())
+        tmp.chmod(0o777 & ~mask)
         yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file() and not file.is_symlink():
+                file.chmod(0o666 & ~mask)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             try:

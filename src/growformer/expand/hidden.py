@@ -68,7 +68,9 @@ def plan_hidden(config: ModelConfig, hidden: int, *, approximate: bool = False) 
     check_not_smaller("hidden", c.hidden, hidden)
     reason = hidden_growth_inexact_reason(c)
     if reason and not approximate and hidden != c.hidden:
-        raise GrowthError(f"hidden growth is not exact here: {reason}; pass approximate=True")
+        raise GrowthError(
+            f"hidden growth is not exact here: {reason}; pass approximate=True (--approximate)"
+        )
     index = prefix_index(c.hidden, hidden)
     writer_fill = "mean" if c.norm == "layer" else "zero"
     gain_scale = torch.full((hidden,), math.sqrt(c.hidden / hidden), dtype=torch.float64)

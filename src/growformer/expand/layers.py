@@ -93,7 +93,7 @@ def check_layers(
     if config.norm_placement == "post" and n_layers > config.n_layers and not approximate:
         raise GrowthError(
             "new layers are not exact in a post-norm model (its norms act even on a zeroed "
-            "block); pass approximate=True"
+            "block); pass approximate=True (--approximate)"
         )
     return new_layer_positions(config.n_layers, n_layers, where)
 

@@ -37,6 +37,10 @@ SIZE_FLAGS = {
 }
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_RTOL = 1e-5
+# grow --check's default tolerance for weights stored in 16 bits: growth rounds rescaled weights
+# (hidden growth's norm gains) to the stored precision, which moves the logits by several of its
+# rounding units u (bf16: u = 2^-8, fp16: 2^-11); 8u here (2.8 u measured on a tiny bf16 Llama).
+HALF_PRECISION_RTOL = {torch.bfloat16: 8 * 2**-8, torch.float16: 8 * 2**-11}
 
 
 class UsageError(ValueError):
@@ -119,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tol",
         type=positive_float,
         default=None,
-        help=f"relative tolerance of --check (default {DEFAULT_RTOL:g})",
+        help=f"relative tolerance of --check (default {DEFAULT_RTOL:g}; 0.03 for bfloat16 "
+        "and 0.004 for float16 weights)",
     )
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     g.set_defaults(run=_cmd_grow)
@@ -167,7 +172,6 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     check_destination(args.dst, args.overwrite)
     if args.tol is not None and not args.check:
         raise UsageError("--tol is the tolerance of --check: pass --check too")
-    tol = DEFAULT_RTOL if args.tol is None else args.tol
     options = GrowthOptions(
         layer_init=args.layer_init,
         where=args.where,
@@ -192,6 +196,8 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     print(f"grow {args.src} → {args.dst}: {', '.join(changes) or 'no size change'}")
     print(f"parameters {source.num_parameters():,} → {grown.num_parameters():,}")
     if args.check or args.approximate:
+        dtype = grown.tok_emb.weight.dtype
+        tol = HALF_PRECISION_RTOL.get(dtype, DEFAULT_RTOL) if args.tol is None else args.tol
         diff = _difference(source, grown)
         label = "check" if args.check else "approximate growth"
         print(f"{label}: max_abs_diff={diff.max_abs_diff:.3e} (max |logit| {diff.scale:.3g})")

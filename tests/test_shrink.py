@@ -29,7 +29,7 @@ from growformer.shrink import (
     subclone,
     truncation_plan,
 )
-from growformer.shrink.calibration import calibration_batches
+from growformer.shrink.calibration import DEFAULT_CALIB_TOKENS, calibration_batches, folder_encoder
 
 
 def calibration(config: ModelConfig, batches: int = 2) -> list[torch.Tensor]:
@@ -315,6 +315,29 @@ def test_cli_writes_child_report_and_prints_it(folder, token_file, tmp_path, cap
     assert cli("shrink", folder, plain, *sizes, "--data", token_file, *keep) == 0
     report = json.loads((plain / REPORT_FILE).read_text())
     assert report["layers_kept"] == [1, 2] and report["reader_scale"] == 1.0
+
+
+def test_cli_says_when_the_data_gives_fewer_tokens_than_asked(folder, token_file, tmp_path, capsys):
+    assert cli("shrink", folder, tmp_path / "child", "--ffn", 8, "--data", token_file) == 0
+    used = json.loads((tmp_path / "child" / REPORT_FILE).read_text())["calibration_tokens"]
+    assert used < DEFAULT_CALIB_TOKENS
+    assert f"gave {used} of the {DEFAULT_CALIB_TOKENS} tokens asked for" in capsys.readouterr().out
+
+
+def test_a_folder_tokenizer_does_not_truncate_calibration_documents(tmp_path):
+    """A sentence model's tokenizer.json truncates (MiniLM: 128 tokens); calibration reads
+    whole documents."""
+    import tokenizers
+
+    words = [f"w{i}" for i in range(40)]
+    backend = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0")
+    )
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    backend.enable_truncation(max_length=8)
+    backend.save(str(tmp_path / "tokenizer.json"))
+    encode = folder_encoder(tmp_path, hugging_face=False)
+    assert encode([" ".join(words)]) == [list(range(40))]
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,7 @@ def folder_encoder(folder: str | os.PathLike, hugging_face: bool) -> Encode | No
             backend = tokenizers.Tokenizer.from_file(str(path))
         except Exception as err:  # tokenizers raises a bare Exception on malformed files
             raise DataError(f"cannot read the tokenizer {path}: {err}") from err
+        backend.no_truncation()  # a sentence model's (MiniLM: 128) would cut every document
         return lambda texts: [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
     if not hugging_face:
         return None
@@ -71,7 +72,9 @@ def folder_encoder(folder: str | os.PathLike, hugging_face: bool) -> Encode | No
             f"{folder} has no {TOKENIZER_FILE} and transformers could not load its tokenizer "
             f"({err}); pass --data with token ids (.bin) in the model's vocabulary"
         ) from err
-    return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return lambda texts: tokenizer(
+        texts, add_special_tokens=False, truncation=False, verbose=False
+    )["input_ids"]
 
 
 def calibration_batches(
@@ -90,7 +93,7 @@ def calibration_batches(
     default corpus's train split; of JSON lines, the string in ``text_field``), encoded with
     the encoder ``encoder()`` returns (None: ``load_dataset``'s tokenizer of ``vocab_size``
     ids); token files need no encoder. Data
-    shorter than ``tokens`` is read in overlapping windows. Raises ``DataError`` for unusable
+    shorter than ``tokens`` is used whole, each window once. Raises ``DataError`` for unusable
     data, fewer tokens than one window (``min(tokens, seq_len)``), or ids outside the
     vocabulary."""
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:

@@ -86,6 +86,9 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(child.report.format())
+    used = child.report.calibration_tokens
+    if used is not None and used < args.calib_tokens:
+        print(f"note: the calibration data gave {used} of the {args.calib_tokens} tokens asked for")
     print(f"wrote {args.dst}")
     return 0
 

@@ -21,6 +21,7 @@ from growformer.train.schedule import (
     schedule_from_dict,
     schedule_to_dict,
 )
+from growformer.train.select import branch_schedule
 from growformer.train.trainer import Trainer
 from train_data import MarkovTokens
 
@@ -155,7 +156,7 @@ def test_lag_events_round_trip_through_run_json():
     ("fields", "message"),
     [
         ({"method": "lag", "candidates": ("stack",), "lag_steps": 2}, "at least two distinct"),
-        ({"method": "lag", "candidates": ("stack", "bogus"), "lag_steps": 2}, "at least two"),
+        ({"method": "lag", "candidates": ("stack", "bogus"), "lag_steps": 2}, "unknown candi"),
         ({"method": "lag", "candidates": ("stack", "midas"), "lag_steps": 0}, "lag_steps ≥ 1"),
         ({"method": "stack", "candidates": ("stack", "midas")}, "need method = 'lag'"),
         ({"method": "midas", "block_at": "top"}, "block_at must be one of"),
@@ -177,6 +178,33 @@ def test_a_lag_event_must_grow_depth_and_its_candidates_must_reach_it(tmp_path):
     )
     with pytest.raises(TrainConfigError, match="stack: n_layers: stacking 2 layers"):
         Schedule("s", {"n_layers": 2}, None, (to_three,)).plan(TARGET.replace(n_layers=3), TRAIN)
+
+
+def test_a_branch_before_the_runs_growth_drops_what_the_lag_already_grew():
+    """LAG at step 2 to the depth the run's own growth (step 5) reaches: that growth is left
+    with nothing to do and goes; a later event's other sizes stay."""
+    start = {"n_layers": 1, "ffn": 128}
+    later = GrowthEvent(step=5, sizes={"n_layers": 2, "ffn": 256})
+    schedule = Schedule("mine", start, None, (later,))
+    lag = GrowthEvent(
+        step=2,
+        sizes={"n_layers": 2},
+        method="lag",
+        candidates=("stack", "identity"),
+        lag_steps=1,
+    )
+    branched, target = branch_schedule(schedule, TARGET.replace(n_layers=2, ffn=256), lag)
+    assert [(e.step, dict(e.sizes)) for e in branched.events] == [
+        (2, {"n_layers": 2}),
+        (5, {"ffn": 256}),
+    ]
+    assert (target.n_layers, target.ffn) == (2, 256)
+    branched.plan(target, TRAIN)
+    depth_only = Schedule(
+        "mine", {"n_layers": 1}, None, (GrowthEvent(step=5, sizes={"n_layers": 2}),)
+    )
+    branched, _ = branch_schedule(depth_only, TARGET.replace(n_layers=2), lag)
+    assert [e.step for e in branched.events] == [2]
 
 
 def test_choose_and_the_table():

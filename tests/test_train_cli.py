@@ -98,6 +98,11 @@ layer_init = "copy"
         ('[schedule]\nname = "lag-stack"\ncandidates = "midas"', "candidates must be a list"),
         ('[schedule]\nname = "lag-stack"\nlag_steps = 1000', "past the run's end"),
         ('[schedule]\nname = "compound"\nwhere = "top"', "where must be one of"),
+        (
+            '[schedule]\nname = "compound"\natt = 0.7',
+            "schedule 'compound': unknown parameter(s) ['att']; allowed: at,",
+        ),
+        ('[schedule]\nname = "scratch"\nat = 0.7', "allowed: none"),
         ("[schedule]\nname = 5\nstart = { n_layers = 1 }", "name must be a string"),
         ("[schedule]\nstart = 5", "[schedule.start] must be a table"),
         ("[schedule]\ngrow = 5", "must be a list of tables"),
@@ -387,7 +392,9 @@ def test_select_continue_trains_the_choice_to_the_end(stack_run, tmp_path, capsy
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--candidates", "stack,bogus"], "at least two distinct candidates"),
+        (["--candidates", "stack,bogus"], "unknown candidate(s) ['bogus']; allowed: stack,"),
+        (["--candidates", "stack"], "at least two distinct candidates"),
+        (["--continue", "--out", "full"], "--out {tmp}/full is not empty: choose another"),
         (["--steps", "0"], "--steps must be an integer ≥ 1"),
         (["--out", "x"], "needs --continue"),
         (["--layers", "1"], "--layers must be more than"),
@@ -395,9 +402,13 @@ def test_select_continue_trains_the_choice_to_the_end(stack_run, tmp_path, capsy
 )
 def test_select_bad_input(stack_run, tmp_path, capsys, extra, message):
     checkpoint = stack_run / "checkpoints" / "step_0000005"
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("mine")
+    extra = [str(tmp_path / e) if e == "full" else e for e in extra]
     assert main(["select", str(checkpoint), *extra]) == 2
-    assert message in capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["mine.txt"]
 
 
 def test_select_needs_steps_left_and_a_checkpoint(stack_run, tmp_path, capsys):

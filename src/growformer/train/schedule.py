@@ -12,6 +12,7 @@ training starts.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -102,7 +103,11 @@ class GrowthEvent:
                 raise TrainConfigError(f"{where}: candidates and lag_steps need method = 'lag'")
             return
         unknown = [c for c in self.candidates if c not in LAG_CANDIDATES]
-        if unknown or len(set(self.candidates)) < 2 or self.lag_steps < 1:
+        if unknown:
+            raise TrainConfigError(
+                f"{where}: unknown candidate(s) {unknown}; allowed: {', '.join(LAG_CANDIDATES)}"
+            )
+        if len(set(self.candidates)) < 2 or self.lag_steps < 1:
             raise TrainConfigError(
                 f"{where}: method 'lag' needs at least two distinct candidates among "
                 f"{', '.join(LAG_CANDIDATES)} (got {list(self.candidates)}) and lag_steps ≥ 1 "
@@ -216,7 +221,10 @@ class Schedule:
                         raise TrainConfigError(f"{where}: {concrete.method}: {error}") from None
             new_seq_len = seq_len if event.seq_len is None else event.seq_len
             if grown == config and new_seq_len == seq_len:
-                raise TrainConfigError(f"{where}: changes nothing (give a size or a seq_len)")
+                raise TrainConfigError(
+                    f"{where}: changes nothing (give a size or a seq_len; a size the start "
+                    "leaves out starts at the target's)"
+                )
             seq_len = new_seq_len
             config, previous = grown, event.step
             stages.append(Stage(len(stages), event.step, config, seq_len, event))
@@ -523,6 +531,13 @@ def named_schedule(name: str, target: ModelConfig, train: TrainConfig, **params:
         raise TrainConfigError(f"schedule must be one of {', '.join(SCHEDULES)}; got {name!r}")
     builder = BUILDERS[name]
     hints = typing.get_type_hints(builder)
+    allowed = [p for p in inspect.signature(builder).parameters if p not in ("target", "train")]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise TrainConfigError(
+            f"schedule {name!r}: unknown parameter(s) {unknown}; allowed: "
+            f"{', '.join(allowed) or 'none'}"
+        )
     for key, value in params.items():
         if key in hints and not _is_instance(value, hints[key]):
             raise TrainConfigError(

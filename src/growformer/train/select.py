@@ -11,7 +11,6 @@ from pathlib import Path
 from growformer.config import ModelConfig
 from growformer.train.checkpoint import CHECKPOINTS, latest_checkpoint, read_position
 from growformer.train.commands import (
-    check_run_dir,
     check_same_data,
     load_run_data,
     run_training,
@@ -41,7 +40,8 @@ def add_select_command(sub: argparse._SubParsersAction) -> None:
         "--layers",
         type=int,
         metavar="N",
-        help="depth after growth (default: the run's next stage's, else twice the current)",
+        help="depth after growth (default: that of the run's growth at the checkpoint's step, "
+        "else twice the current)",
     )
     select.add_argument(
         "--continue",
@@ -59,13 +59,23 @@ def branch_schedule(
     schedule: Schedule, target: ModelConfig, event: GrowthEvent
 ) -> tuple[Schedule, ModelConfig]:
     """``schedule`` with ``event`` in place of any event at its step, and the target the new
-    schedule ends at (the old target with every event's sizes applied in turn)."""
+    schedule ends at (the old target with every event's sizes applied in turn). Sizes of later
+    events that ``event`` already reached are dropped, and so are later events left with
+    nothing to change."""
     events = sorted(
         [e for e in schedule.events if e.step != event.step] + [event], key=lambda e: e.step
     )
     final = target.replace(**dict(schedule.start))
+    kept = []
     for e in events:
+        if e.step > event.step:
+            sizes = {k: v for k, v in e.sizes.items() if getattr(final, k) != v}
+            if not sizes and e.seq_len is None:
+                continue
+            e = dataclasses.replace(e, sizes=sizes)
         final = final.replace(**dict(e.sizes))
+        kept.append(e)
+    events = kept
     branched = dataclasses.replace(schedule, name=f"{schedule.name}+lag", events=tuple(events))
     return branched, final
 
@@ -76,8 +86,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
         raise TrainConfigError(f"--steps must be an integer ≥ 1, got {args.steps}")
     if args.out and not args.continue_:
         raise TrainConfigError("--out names the continued run: it needs --continue")
-    if args.out:
-        check_run_dir(Path(args.out))
+    if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()):
+        raise TrainConfigError(f"--out {args.out} is not empty: choose another folder")
     checkpoint = latest_checkpoint(args.checkpoint)
     if checkpoint is None:
         raise TrainConfigError(f"{args.checkpoint}: not a checkpoint or a run with checkpoints")

@@ -74,6 +74,9 @@ def test_minilm_grown_to_16_heads_in_memory_is_exact_but_not_storable_as_bert(
 def test_minilm_cli_refuses_heads_and_hidden_without_approximate(tmp_path: Path, capsys) -> None:
     assert main(["grow", str(MINILM), str(tmp_path / "a"), "--heads", "16"]) == 2
     assert "BertConfig ties the head size" in capsys.readouterr().err
+    wider = ["grow", str(MINILM), str(tmp_path / "a"), "--hidden", "512", "--approximate"]
+    assert main(wider) == 2
+    assert "grow heads with hidden, keeping hidden/heads" in capsys.readouterr().err
     assert main(["grow", str(MINILM), str(tmp_path / "b"), "--layers", "8"]) == 2
     assert "pass approximate=True (--approximate)" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -182,7 +182,8 @@ class Bert(Family):
                 "needs n_kv_heads = n_heads and n_heads·head_dim = hidden with one head dim for "
                 f"q, k and v; got n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads}, "
                 f"qk_head_dim={c.qk_head_dim}, v_head_dim={c.v_head_dim}, hidden={c.hidden} "
-                "(of the exact expansions only MLP width can be saved as BERT)"
+                "(grow heads with hidden, keeping hidden/heads; of the exact expansions only "
+                "MLP width can be saved as BERT)"
             )
 
     def config_to_hf(self, config: ModelConfig, source: Mapping[str, Any]) -> dict:

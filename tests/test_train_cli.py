@@ -346,6 +346,26 @@ def test_resume_without_a_checkpoint_writes_nothing(tmp_path, corpus, capsys):
     assert not out.exists()
 
 
+def test_a_checkpoints_model_shrinks_with_its_runs_tokenizer(tmp_path, corpus):
+    """A checkpoint's model folder has no tokenizer.json; the run folder above it has: shrink
+    calibrates with it and writes it beside the child."""
+    from growformer.data.tokenizer import Tokenizer
+    from growformer.shrink.calibration import folder_encoder
+
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--steps", "2"]
+    assert main([*args, "--no-progress"]) == 0
+    (model,) = out.glob("checkpoints/*/model")
+    encode = folder_encoder(model, hugging_face=False)
+    assert encode(["the quick brown fox"]) == [
+        Tokenizer.load(out / "tokenizer.json").encode("the quick brown fox")
+    ]
+    child = tmp_path / "child"
+    shrink = ["shrink", str(model), str(child), "--ffn", "64", "--data", str(corpus)]
+    assert main([*shrink, "--calib-tokens", "256"]) == 0
+    assert (child / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+
+
 @pytest.fixture
 def stack_run(tmp_path, corpus):
     """A tiny stack run (1 → 2 layers at step 5 of 16) with a checkpoint at the growth step."""

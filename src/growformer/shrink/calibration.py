@@ -36,6 +36,7 @@ from growformer.data import (
 from growformer.data.dataset import STDLIB_PREFIX
 from growformer.data.tokenizer import MIN_VOCAB_SIZE
 from growformer.data.user_data import check_text_field, find_files, text_documents
+from growformer.train.checkpoint import CHECKPOINTS, MODEL_DIR
 
 DEFAULT_CALIB_TOKENS = 16384
 CALIB_SEQ_LEN = 256
@@ -47,12 +48,26 @@ ENCODE_CHUNK = 64
 Encode = Callable[[list[str]], list[list[int]]]
 
 
+def folder_tokenizer(folder: str | os.PathLike) -> Path | None:
+    """The ``tokenizer.json`` of the model in ``folder``: its own, else, for the model of a
+    training checkpoint (``RUN/checkpoints/step_N/model``), the run's; None when neither is
+    there."""
+    folder = Path(folder)
+    if (folder / TOKENIZER_FILE).is_file():
+        return folder / TOKENIZER_FILE
+    run = folder.parent.parent.parent
+    in_checkpoint = folder.name == MODEL_DIR and folder.parent.parent.name == CHECKPOINTS
+    if in_checkpoint and (run / TOKENIZER_FILE).is_file():
+        return run / TOKENIZER_FILE
+    return None
+
+
 def folder_encoder(folder: str | os.PathLike, hugging_face: bool) -> Encode | None:
     """The text encoder of a model folder (see the module docstring), or None for a growformer
     folder without ``tokenizer.json``. Raises ``DataError`` when a Hugging Face folder's
     tokenizer cannot be loaded."""
-    path = Path(folder) / TOKENIZER_FILE
-    if path.is_file():
+    path = folder_tokenizer(folder)
+    if path is not None:
         import tokenizers
 
         try:

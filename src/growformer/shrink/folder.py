@@ -42,6 +42,7 @@ from growformer.shrink.calibration import (
     TOKENIZER_FILE,
     calibration_batches,
     folder_encoder,
+    folder_tokenizer,
 )
 from growformer.shrink.hf import subclone_canonical
 from growformer.shrink.importance import measure_importance
@@ -106,8 +107,9 @@ def shrink_folder(
     with atomic_directory(dst, overwrite) as tmp:
         if canonical is None:
             save_model(model_from_state(child.config, child.state), tmp, overwrite=True)
-            if (Path(src) / TOKENIZER_FILE).is_file():
-                shutil.copy2(Path(src) / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+            tokenizer = folder_tokenizer(src)
+            if tokenizer is not None:
+                shutil.copy2(tokenizer, tmp / TOKENIZER_FILE)
         else:
             write_folder(child_canonical, tmp, like=src, overwrite=True)
         (tmp / REPORT_FILE).write_text(child.report.to_json())

@@ -22,6 +22,7 @@ from growformer.model import Transformer
 from growformer.model_io import CheckpointError, atomic_directory, load_model, save_model
 
 CHECKPOINTS = "checkpoints"
+MODEL_DIR = "model"  # a checkpoint's model folder
 TRAINER_FILE = "trainer.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -55,7 +56,7 @@ def save_checkpoint(
     """Write the checkpoint of ``position.step`` (the next step to run) atomically."""
     path = checkpoint_dir(run_dir, position.step)
     with atomic_directory(path, overwrite=True) as tmp:
-        save_model(model, tmp / "model")
+        save_model(model, tmp / MODEL_DIR)
         state = {
             "position": position.to_dict(),
             "optimizer": optimizer.state_dict(),
@@ -109,7 +110,7 @@ def _trainer_state(path: Path) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike) -> tuple[Transformer, dict[str, Any], RunPosition]:
     """The model, the optimizer state dict and the position stored in checkpoint ``path``."""
     path = Path(path)
-    model = load_model(path / "model")
+    model = load_model(path / MODEL_DIR)
     state = _trainer_state(path)
     torch.set_rng_state(state["torch_rng"])
     return model, state["optimizer"], RunPosition(**state["position"])

@@ -34,6 +34,7 @@ from growformer.model import Transformer
 from growformer.model_io import load_config
 from growformer.train.apollo import sample_depth, sharing_order
 from growformer.train.checkpoint import (
+    MODEL_DIR,
     RunPosition,
     latest_checkpoint,
     load_checkpoint,
@@ -151,7 +152,7 @@ class Trainer:
             raise TrainConfigError(
                 f"{checkpoint} is at step {position.step}, past this run's {self.train.steps} steps"
             )
-        config = load_config(checkpoint / "model")
+        config = load_config(checkpoint / MODEL_DIR)
         expected = self.stages[position.stage].config if position.stage < len(self.stages) else None
         if expected is None or any(
             getattr(config, f) != getattr(expected, f) for f in SIZE_FIELDS if f != "vocab_size"

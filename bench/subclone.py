@@ -26,7 +26,6 @@ process held a core (OpenMP threads spin-waiting on each other).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -212,12 +211,17 @@ def main() -> None:
     )
     print()
     print(table(curves["subcloned"], curves["random"]))
-    ratio = math.nan
     target = curves["random"].losses[-1]
     reached = curves["subcloned"].first_reaching(target)
-    if reached and reached[0]:
+    if reached is None:
+        print("\nsubcloned child never reaches the random child's final loss")
+    elif reached[0] == 0:
+        print("\nsubcloned child starts below the random child's final loss")
+    else:
         ratio = args.child_steps / reached[0]
-    print(f"\nsubcloned child reaches the random child's final loss {ratio:.1f}x sooner (steps)")
+        print(
+            f"\nsubcloned child reaches the random child's final loss {ratio:.1f}x sooner (steps)"
+        )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
-from growformer.data import DEFAULT_TEXT_FIELD
+from growformer.data import DEFAULT_TEXT_FIELD, DataError
+from growformer.data.user_data import check_text_field
 from growformer.expand import GrowthError, GrowthOptions
 from growformer.train.config import PRESETS, TrainConfig, TrainConfigError, preset
 from growformer.train.schedule import (
@@ -102,11 +103,10 @@ def run_spec(
         raise TrainConfigError(f"schedule must be a name or a table, got {schedule!r}")
     if data is not None and not isinstance(data, str):
         raise TrainConfigError(f"data must be a path (a string), got {data!r}")
-    if not isinstance(text_field, str) or not text_field:
-        raise TrainConfigError(
-            f"text_field (the JSON lines' field to read) must be a non-empty string, got "
-            f"{text_field!r}"
-        )
+    try:
+        check_text_field(text_field)
+    except DataError as error:
+        raise TrainConfigError(str(error)) from None
     _check_keys("[model]", model, ModelConfig)
     _check_keys("[train]", train, TrainConfig)
     try:

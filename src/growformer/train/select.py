@@ -75,8 +75,7 @@ def branch_schedule(
             e = dataclasses.replace(e, sizes=sizes)
         final = final.replace(**dict(e.sizes))
         kept.append(e)
-    events = kept
-    branched = dataclasses.replace(schedule, name=f"{schedule.name}+lag", events=tuple(events))
+    branched = dataclasses.replace(schedule, name=f"{schedule.name}+lag", events=tuple(kept))
     return branched, final
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from growformer.atomic import atomic_write
 from growformer.config import SIZE_FIELDS, ModelConfig
 from growformer.model import Transformer
 from growformer.model_io import load_config
@@ -47,6 +48,7 @@ from growformer.train.growth import apply_event_
 from growformer.train.lag import Trial, choose, trial_records
 from growformer.train.lr import lr_at
 from growformer.train.metrics import MetricsLog
+from growformer.train.run_config import RUN_FILE
 from growformer.train.schedule import GrowthEvent, Schedule, Stage, schedule_to_dict, stage_at
 
 # Seeds the per-step depth draws apart from any other use of (seed, step).
@@ -497,6 +499,4 @@ def _write_run_json(trainer: Trainer) -> None:
             for s in trainer.stages
         ],
     }
-    tmp = trainer.run_dir / ".run.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, trainer.run_dir / "run.json")
+    atomic_write(trainer.run_dir / RUN_FILE, (json.dumps(data, indent=2) + "\n").encode())

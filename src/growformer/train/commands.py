@@ -26,7 +26,7 @@ from growformer.train.run_config import (
     load_run_file,
     run_spec,
 )
-from growformer.train.schedule import SCHEDULES
+from growformer.train.schedule import SCHEDULES, Schedule, schedule_to_dict
 from growformer.train.trainer import RunResult, Trainer
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -114,14 +114,15 @@ def _described_spec(args: argparse.Namespace, train: dict) -> RunSpec:
 
 def check_same_run(run_dir: Path, recorded: RunSpec, given: RunSpec) -> None:
     """Raise ``TrainConfigError`` naming what differs when ``given`` is not the run recorded
-    in ``run_dir``: another schedule (by name), target model or training setting (``steps``
-    aside). The recorded schedule's events are what continues (their steps were planned for
-    the budget the run started with)."""
+    in ``run_dir``: another schedule, target model or training setting (``steps`` aside). A
+    schedule differs by name, start or events; the events' ``step`` and ``lag_steps`` are left
+    out, since a named schedule plans them from the budget and the recorded ones (planned for
+    the budget the run started with) are what continues."""
     target = given.target.replace(vocab_size=recorded.target.vocab_size)
     parts = {
         "model": (target.to_dict(), recorded.target.to_dict()),
         "train": (given.train.to_dict(), recorded.train.to_dict()),
-        "schedule": ({"name": given.schedule.name}, {"name": recorded.schedule.name}),
+        "schedule": (_budget_free(given.schedule), _budget_free(recorded.schedule)),
     }
     differing = []
     for part, (new, old) in parts.items():
@@ -134,6 +135,16 @@ def check_same_run(run_dir: Path, recorded: RunSpec, given: RunSpec) -> None:
             "it with --resume --out alone (its run.json keeps them; --steps may extend it), "
             "or start a new run in another --out"
         )
+
+
+def _budget_free(schedule: Schedule) -> dict:
+    """``schedule_to_dict`` without what a named schedule derives from the step budget."""
+    described = schedule_to_dict(schedule)
+    described["events"] = [
+        {k: v for k, v in event.items() if k not in ("step", "lag_steps")}
+        for event in described["events"]
+    ]
+    return described
 
 
 def load_run_data(spec: RunSpec) -> Dataset:

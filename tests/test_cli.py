@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from conftest import check_overwrite, cli
 from growformer.config import ModelConfig
@@ -166,8 +167,42 @@ def test_corrupt_and_missing_checkpoints_fail_clearly(src: Path, tmp_path: Path,
     assert "unknown config field(s) ['depth']" in capsys.readouterr().err
 
     assert cli("info", tmp_path / "nowhere") == 2
-    assert "no such directory" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err
+    assert cli("info", unknown / "config.json") == 2
+    assert "a file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "out1").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("norm_eps", 10**400, "norm_eps must be a finite number > 0"),
+        ("rope_theta", 10**400, "rope_theta must be a finite number > 0"),
+        ("hidden", 10**30, "hidden must be an integer in [1, 2147483647]"),
+    ],
+    ids=["norm_eps", "rope_theta", "hidden"],
+)
+def test_out_of_range_config_values_fail_clearly(
+    src: Path, tmp_path: Path, capsys, field: str, value: int, message: str
+) -> None:
+    """Numbers too large for a float or a tensor dimension are refused by the config, not by
+    a traceback from math or torch."""
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    config = json.loads((src / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, field: value}))
+    (folder / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
+    assert cli("info", folder) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64), "x"])
+def test_init_refuses_a_seed_torch_cannot_take(tmp_path: Path, capsys, seed: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli("init", tmp_path / "m", *TINY, "--seed", seed)
+    assert exit_info.value.code == 2
+    assert "--seed: must be an integer in [0, 18446744073709551615]" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_mismatched_weights_fail_clearly(src: Path, tmp_path: Path, capsys) -> None:
@@ -179,6 +214,13 @@ def test_mismatched_weights_fail_clearly(src: Path, tmp_path: Path, capsys) -> N
     (wrong / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
     assert cli("info", wrong) == 2
     assert "does not match config.json" in capsys.readouterr().err
+    weights = load_file(src / "model.safetensors")
+    del weights["tok_emb.weight"]
+    save_file(weights, wrong / "model.safetensors")
+    (wrong / "config.json").write_text((src / "config.json").read_text())
+    assert cli("info", wrong) == 2
+    err = capsys.readouterr().err
+    assert "missing ['tok_emb.weight']" in err and '"' not in err
 
 
 def test_config_with_missing_fields_is_refused(src: Path, tmp_path: Path, capsys) -> None:

@@ -143,11 +143,10 @@ def test_record_gradient_scales_match_the_real_gradients(variant, kind):
     batch = full_batch(config)
     old, new = _gradients(model, batch), _gradients(grown, batch)
     mean_filled = config.norm == "layer" and grown.config.hidden != config.hidden
-    new_layers = new_layer_indices(grown) if grown.config.n_layers != config.n_layers else set()
     checked = 0
     for name, grad in new.items():
         r = record[name]
-        if layer_of(name) in new_layers or (mean_filled and not name.endswith(_NORMS_AND_READERS)):
+        if mean_filled and not name.endswith(_NORMS_AND_READERS):
             continue
         expected = r.carry(old[r.source], "grad", 1)
         scale = max(1.0, float(expected.abs().max()))
@@ -457,6 +456,26 @@ def test_unknown_state_key_leaves_the_model_unchanged():
     assert after.keys() == before.keys()
     for name, value in after.items():
         assert torch.equal(value, before[name]), name
+
+
+def test_moment_powers_carry_another_optimizers_state_as_the_error_advises():
+    """RMSprop's ``square_avg`` is unknown: ``grow_`` names the key and ``moment_powers``,
+    which it then accepts; the carried second moment is the old one on old entries."""
+    config = VARIANTS["gpt2_all_bias"]
+    model = make_model(config)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    batch = full_batch(config)
+    train_step(model, optimizer, batch)
+    old = state_by_name(model, optimizer)
+    with pytest.raises(ValueError, match=r"moment_powers=\{'square_avg'"):
+        grow_(model, optimizer, {"ffn": config.ffn + 8})
+    record = grow_(model, optimizer, {"ffn": config.ffn + 8}, moment_powers={"square_avg": 2})
+    for name, p in model.named_parameters():
+        r = record[name]
+        moment = optimizer.state[p]["square_avg"]
+        assert torch.equal(moment, r.carry(old[r.source]["square_avg"], "grad", 2)), name
+        assert not moment[~r.carried_mask(p.shape)].any(), name
+    train_step(model, optimizer, batch)
 
 
 # (7) Records compose.

@@ -115,6 +115,8 @@ layer_init = "copy"
         ('[[schedule.grow]]\nat = "0.4"\nffn = 512', "at must be a fraction"),
         ('[[schedule.grow]]\nstep = 3\nn_layers = 2\nseq_len = "64"', "seq_len must be"),
         ("[model]\nmax_seq_len = 64\n[train]\nseq_len = 128", "longer than [model] max_seq_len"),
+        ("[train]\nseed = 18446744073709551616", "seed must be an integer ≤ 18446744073709551615"),
+        ("[model]\nnorm_eps = 1e400", "norm_eps must be a finite number > 0"),
     ],
 )
 def test_bad_run_files_fail_before_anything_is_written(tmp_path, corpus, capsys, toml, message):

@@ -12,7 +12,7 @@ from functools import partial
 import torch
 
 from growformer.compare import Difference, fixed_batch, logit_difference
-from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
+from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig, seed_arg
 from growformer.data import DataError
 from growformer.expand import LAYER_INITS, PLACEMENTS, WIDTH_INITS, GrowthError, GrowthOptions, grow
 from growformer.hf import grow_storable, is_hf_folder, read_folder, write_folder
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--mlp", choices=("swiglu", "gelu", "relu"))
     init.add_argument("--tie", action=argparse.BooleanOptionalAction, help="tie W_U to embeddings")
     init.add_argument("--bias", action=argparse.BooleanOptionalAction, help="linear biases")
-    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--seed", type=seed_arg, default=0)
     init.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     init.set_defaults(run=_cmd_init)
 
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layer-init", choices=LAYER_INITS, default="identity")
     g.add_argument("--where", choices=PLACEMENTS, default="end", help="where new layers go")
     g.add_argument("--width-init", choices=WIDTH_INITS, default="zero")
-    g.add_argument("--seed", type=int, default=0, help="seed of the new random weights")
+    g.add_argument("--seed", type=seed_arg, default=0, help="seed of the new random weights")
     g.add_argument(
         "--approximate",
         action="store_true",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -12,6 +13,8 @@ NORMS = ("rms", "layer")
 POSITIONS = ("rope", "learned")
 MLPS = ("swiglu", "gelu", "gelu_tanh", "relu")
 NORM_PLACEMENTS = ("pre", "post")
+MAX_SIZE = 2**31 - 1  # a size field's largest value (a dimension torch indexes with int32)
+MAX_SEED = 2**64 - 1  # torch.manual_seed's largest seed
 
 # The sizes that growth may increase; every other field describes the architecture's kind.
 SIZE_FIELDS = (
@@ -106,7 +109,7 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
-            if not (math.isfinite(value) and value > 0):
+            if not (_finite(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
         if self.rope_theta <= 1:
             raise ConfigError(f"rope_theta must be > 1, got {self.rope_theta!r}")
@@ -155,8 +158,27 @@ class ModelConfig:
 
 
 def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE:
+        raise ConfigError(f"{name} must be an integer in [1, {MAX_SIZE}], got {value!r}")
+
+
+def seed_arg(text: str) -> int:
+    """A ``--seed`` flag's value (an argparse ``type``): an integer in [0, ``MAX_SEED``]."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {text!r}")
+    return seed
+
+
+def _finite(value: int | float) -> bool:
+    """False for inf, nan and an int too large for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

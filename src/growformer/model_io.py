@@ -93,7 +93,8 @@ def read_config_json(path: str | os.PathLike) -> dict:
     """The parsed ``config.json`` of a model folder."""
     folder = Path(path)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a model folder (no such directory)")
+        why = "a file, not a folder" if folder.exists() else "no such folder"
+        raise CheckpointError(f"{folder} is not a model folder ({why})")
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointError(f"{config_path} is missing: a model folder needs {CONFIG_FILE}")
@@ -139,4 +140,5 @@ def load_model(
     try:
         return model_from_state(config, state)
     except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{weights} does not match {CONFIG_FILE}: {err}") from err
+        reason = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise CheckpointError(f"{weights} does not match {CONFIG_FILE}: {reason}") from err

@@ -6,7 +6,9 @@ per-dimension factors: ``value_scale`` (the carried value is the old value times
 ``grad_scale`` (with the function unchanged, the gradient of a carried entry is the old one
 times it). A per-parameter optimizer state follows from that alone: a first moment is carried
 times ``grad_scale``, a second moment times ``grad_scale**2``, a value copy (EMA) times
-``value_scale``; new entries start at zero. Records compose with ``then``.
+``value_scale``; new entries start at zero (for a value copy that is exact except where an
+expansion fills new entries from carried ones: LayerNorm hidden growth's mean fill). Records
+compose with ``then``.
 """
 
 from __future__ import annotations

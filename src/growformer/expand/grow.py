@@ -187,19 +187,22 @@ def grow_(
     options: GrowthOptions | None = None,
     *,
     state_policy: str = "transform",
+    moment_powers: Mapping[str, int] | None = None,
 ) -> ResizeRecord:
     """Grow ``model`` in place and rewrite ``optimizer`` to match, between two training steps.
 
     Unchanged weights keep their Parameter objects; changed ones become new Parameters (their
     ``requires_grad`` follows the source). The optimizer's param groups point at the new
     Parameters and its state is carried through the record (``state_policy="transform"``:
-    moments scaled, new entries zero, step kept) or dropped (``"reset"``). On any error (a bad
+    moments scaled, new entries zero, step kept) or dropped (``"reset"``). ``moment_powers``
+    adds moment state keys beyond ``MOMENT_POWERS`` (key → 1 for a first moment, 2 for a
+    second), as ``carry_optimizer_state_`` takes them. On any error (a bad
     target, optimizer state with no known transform) neither the model nor the optimizer
     changes. Hooks registered on replaced submodules do not carry over.
     """
     with torch.no_grad():
         result = expand_state(model.config, dict(model.named_parameters()), target, options)
-    return resize_(model, optimizer, result, state_policy=state_policy)
+    return resize_(model, optimizer, result, state_policy=state_policy, moment_powers=moment_powers)
 
 
 def resize_(
@@ -208,6 +211,7 @@ def resize_(
     result: Expansion,
     *,
     state_policy: str = "transform",
+    moment_powers: Mapping[str, int] | None = None,
 ) -> ResizeRecord:
     """Swap ``result`` (any expansion of ``model``'s parameters) into the live model and carry
     ``optimizer`` through its record; the contract of ``grow_``, for any ``Expansion``."""
@@ -218,7 +222,12 @@ def resize_(
     new_params = dict(skeleton.named_parameters())
     if optimizer is not None:
         carry_optimizer_state_(
-            optimizer, old_params, new_params, result.record, policy=state_policy
+            optimizer,
+            old_params,
+            new_params,
+            result.record,
+            policy=state_policy,
+            moment_powers=moment_powers,
         )
     model.config = skeleton.config
     for name, child in skeleton.named_children():

@@ -170,6 +170,10 @@ def _new_layer_weight(
 
 
 def _layer_param_record(source: str, ndim: int, rows: int, carried: bool) -> ParamResize:
+    """A copied weight carries its neighbour's value but not its gradient: the new block's W_O
+    and down are zero, so every other weight of it has gradient zero (factor 0: a carried Adam
+    moment starts at zero, as a new entry's does). A weight that is not copied is all new."""
     if carried:
-        return ParamResize.identity(source, ndim)
+        rows_kept = torch.arange(rows)
+        return ParamResize.along(source, ndim, 0, rows_kept, grad_scale=torch.zeros(rows))
     return ParamResize.along(source, ndim, 0, torch.full((rows,), -1, dtype=torch.long))

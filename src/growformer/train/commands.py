@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from growformer.atomic import atomic_write
+from growformer.config import seed_arg
 from growformer.data import DEFAULT_TEXT_FIELD, Dataset, load_dataset
 from growformer.train.config import PRESETS, TrainConfigError
 from growformer.train.generate import sample
@@ -71,7 +72,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--tokens", type=int, default=100, metavar="N")
     generate.add_argument("--temperature", type=float, default=0.8)
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--seed", type=seed_arg, default=0)
     generate.set_defaults(run=_cmd_generate)
 
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from growformer.config import ModelConfig
+from growformer.config import MAX_SEED, ModelConfig
 
 DTYPES = ("float32", "bfloat16")
 
@@ -54,8 +54,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches"):
             check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "checkpoint_every", "log_every", "seed"):
+        for name in ("warmup_steps", "checkpoint_every", "log_every"):
             check_int(name, getattr(self, name), minimum=0)
+        check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         if self.batch_size % self.grad_accum:
             raise TrainConfigError(
                 f"batch_size={self.batch_size} must be a multiple of grad_accum={self.grad_accum}"
@@ -96,10 +97,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def check_int(name: str, value: Any, minimum: int) -> None:
-    """``TrainConfigError`` unless ``value`` is an int (not a bool) ≥ ``minimum``."""
+def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    """``TrainConfigError`` unless ``value`` is an int (not a bool) ≥ ``minimum`` (and ≤
+    ``maximum`` when given)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise TrainConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise TrainConfigError(f"{name} must be an integer ≤ {maximum}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -278,7 +278,7 @@ def test_a_schedule_that_needs_growformers_trainer_is_refused(tmp_path):
 
 
 def test_a_stage_the_model_family_cannot_hold_is_refused(tmp_path):
-    heads_only = schedule({"n_heads": 4}, {"n_heads": 8})
+    heads_only = schedule({"n_heads": 4, "n_kv_heads": 4}, {"n_heads": 8, "n_kv_heads": 8})
     refused(tmp_path, gpt2(), heads_only, "GPT2LMHeadModel cannot hold a stage.*n_embd/n_head")
 
 

@@ -205,6 +205,12 @@ def test_a_branch_before_the_runs_growth_drops_what_the_lag_already_grew():
     )
     branched, _ = branch_schedule(depth_only, TARGET.replace(n_layers=2), lag)
     assert [e.step for e in branched.events] == [2]
+    # A run that starts at its target (scratch) branches into one that grows past it: the
+    # depth it started at goes into the branch's start.
+    scratch = Schedule("scratch")
+    branched, target = branch_schedule(scratch, TARGET.replace(n_layers=1), lag)
+    assert dict(branched.start) == {"n_layers": 1} and target.n_layers == 2
+    branched.plan(target, TRAIN)
 
 
 def test_choose_and_the_table():

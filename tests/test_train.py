@@ -64,6 +64,26 @@ def test_loss_is_unchanged_by_an_exact_growth_event(tmp_path):
     )
 
 
+@pytest.mark.parametrize("position", ["rope", "learned"])
+def test_a_schedule_can_grow_the_context(tmp_path, position):
+    """A model that starts with a shorter ``max_seq_len`` than the final ``seq_len`` is
+    evaluated on the windows' first ``max_seq_len`` tokens until it grows, and its growth keeps
+    the loss there."""
+    target = TARGET.replace(position=position)
+    event = GrowthEvent(step=6, sizes={"max_seq_len": 32}, seq_len=32)
+    schedule = Schedule("context", {"max_seq_len": 16}, 16, (event,))
+    trainer = Trainer(
+        target, TRAIN, schedule, TRAIN_DATA, VAL_DATA, tmp_path / "run", progress=False
+    )
+    result = trainer.run()
+    assert result.config.max_seq_len == 32
+    (logged,) = read_events(result.run_dir)
+    assert logged["config_before"]["max_seq_len"] == 16
+    assert abs(logged["loss_after"] - logged["loss_before"]) <= 1e-5 * logged["loss_before"]
+    val = [float(r["val_loss"]) for r in read_metrics(result.run_dir) if r["val_loss"]]
+    assert len(val) == 2 and all(math.isfinite(v) for v in val)
+
+
 def test_stacking_is_logged_with_its_loss_jump(tmp_path):
     result = run(tmp_path, named_schedule("stack", TARGET, TRAIN))
     (event,) = read_events(result.run_dir)
@@ -128,6 +148,26 @@ def test_reset_policy_drops_the_optimizer_state(tmp_path):
         ),
         (Schedule("bad", {}, 64), "longer than the model's max_seq_len"),
         (Schedule("bad", {"bogus": 1}), "unknown size field"),
+        # Growths that the expansions refuse, found before the run trains up to them.
+        (
+            Schedule("bad", {"n_kv_heads": 1}, None, (GrowthEvent(3, {"n_kv_heads": 4}),)),
+            "below the current group size",
+        ),
+        (
+            Schedule(
+                "bad",
+                {"n_layers": 2},
+                None,
+                (GrowthEvent(3, {"n_layers": 4}, options=GrowthOptions(where=(5, 6))),),
+            ),
+            "new-layer positions must be in",
+        ),
+        (
+            Schedule(
+                "bad", {"n_heads": 2, "n_kv_heads": 2}, None, (GrowthEvent(3, {"n_heads": 4}),)
+            ),
+            "n_kv_heads=4 (an MHA model's n_kv_heads follows n_heads)",
+        ),
     ],
 )
 def test_bad_schedules_fail_before_anything_is_written(tmp_path, schedule, message):
@@ -144,6 +184,7 @@ def test_bad_schedules_fail_before_anything_is_written(tmp_path, schedule, messa
         ({"lr": -1.0}, "lr must be a finite number"),
         ({"dtype": "float16"}, "dtype must be one of"),
         ({"beta2": 1.5}, "beta2 must be in"),
+        ({"beta1": 1.0}, r"beta1 must be in \[0, 1\)"),
     ],
 )
 def test_bad_train_configs_are_rejected(fields, message):

@@ -98,6 +98,8 @@ layer_init = "copy"
         ('[schedule]\nname = "lag-stack"\ncandidates = "midas"', "candidates must be a list"),
         ('[schedule]\nname = "lag-stack"\nlag_steps = 1000', "past the run's end"),
         ('[schedule]\nname = "compound"\nwhere = "top"', "where must be one of"),
+        ('[schedule]\nname = "compound"\nffn = 0.0', "compound: ffn must be a fraction in (0, 1]"),
+        ('[schedule]\nname = "midas"\nstart_layers = 0', "midas: start_layers must be an integer"),
         (
             '[schedule]\nname = "compound"\natt = 0.7',
             "schedule 'compound': unknown parameter(s) ['att']; allowed: at,",
@@ -150,6 +152,15 @@ def test_json_lines_are_read_from_the_chosen_field_and_resume_keeps_it(tmp_path,
     resume = ["train", "--out", str(out), "--steps", "4", "--resume", "--no-progress"]
     assert main(resume) == 0
     assert read_metrics(out)[-1]["step"] == "4"
+    # A branch that select continues keeps the field, and resumes with it.
+    assert main([*args, "--steps", "8", "--text-field", "body", "--resume"]) == 0
+    checkpoint = out / "checkpoints" / "step_0000004"
+    branch = tmp_path / "branch"
+    select = ["select", str(checkpoint), "--candidates", "stack,identity", "--steps", "2"]
+    assert main([*select, "--layers", "4", "--continue", "--out", str(branch)]) == 0
+    assert json.loads((branch / "data.json").read_text())["text_field"] == "body"
+    resume_branch = ["train", "--out", str(branch), "--steps", "9", "--resume", "--no-progress"]
+    assert main(resume_branch) == 0
     config = tmp_path / "run.toml"
     config.write_text(f'preset = "tiny"\ndata = "{data}"\ntext_field = "body"\n')
     toml_out = tmp_path / "toml_run"
@@ -239,6 +250,20 @@ def test_a_damaged_data_record_is_a_clear_error(tmp_path, record, message):
         check_same_data(tmp_path, None)
 
 
+def test_a_relative_data_path_is_recorded_so_resume_works_from_anywhere(
+    tmp_path, corpus, monkeypatch
+):
+    monkeypatch.chdir(corpus.parent)
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", corpus.name, "--out", str(out), "--steps", "2"]
+    assert main([*args, "--no-progress"]) == 0
+    assert json.loads((out / "data.json").read_text())["source"] == str(corpus)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--out", str(out), "--steps", "3", "--resume", "--no-progress"]) == 0
+
+
 def test_resume_refuses_flags_that_describe_another_run(tmp_path, corpus, capsys):
     """Resuming under another schedule, model or training setting would continue the
     checkpoints under a plan they were not made with."""
@@ -259,6 +284,10 @@ def test_resume_refuses_flags_that_describe_another_run(tmp_path, corpus, capsys
     assert main([*base, "--schedule", "compound", "--steps", "8", "--resume"]) == 0
     assert main(["train", "--out", str(out), "--steps", "10", "--resume"]) == 0
     assert read_metrics(out)[-1]["step"] == "10"
+    # Restating the run's flags without --steps keeps its budget (not the preset's 40 steps).
+    assert main([*base, "--schedule", "compound", "--resume", "--no-progress"]) == 0
+    assert read_metrics(out)[-1]["step"] == "10"
+    assert json.loads((out / "run.json").read_text())["train"]["steps"] == 10
 
 
 def test_resume_refuses_a_config_file_whose_schedule_changed_under_the_same_name(

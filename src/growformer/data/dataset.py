@@ -124,6 +124,7 @@ def load_dataset(
         dataset = _text_dataset(source, corpus, vocab_size, seed)
     else:
         files = find_files(source)
+        source = os.path.abspath(source)  # recorded in a run's data.json, read from any folder
         if files.kind == "tokens":
             dataset = _token_dataset(source, files, vocab_size, token_dtype, val_fraction, seed)
         else:

@@ -7,6 +7,7 @@ config, the new weights and the resize record; ``grow`` and ``grow_`` plan and c
 from growformer.expand._ops import WIDTH_INITS, Expansion, GrowthError
 from growformer.expand.grow import (
     GrowthOptions,
+    check_growth,
     expand_state,
     grow,
     grow_,
@@ -38,6 +39,7 @@ __all__ = [
     "Expansion",
     "GrowthError",
     "GrowthOptions",
+    "check_growth",
     "copy_layers",
     "expand_ffn",
     "expand_heads",

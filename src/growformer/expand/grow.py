@@ -114,6 +114,39 @@ def expand_state(
     new layers are added to the result. Unchanged tensors pass through by reference.
     """
     o = options or GrowthOptions()
+    goal, steps = _plan(config, target, o)
+    if steps:
+        current = apply_steps(config, state, steps, o.seed)
+    else:
+        current = Expansion(config, dict(state), ResizeRecord.identity(state))
+    if goal.n_layers != current.config.n_layers:
+        layers = insert_layers(
+            current.config,
+            current.state,
+            goal.n_layers,
+            where=o.where,
+            init=o.layer_init,
+            seed=o.seed,
+            approximate=o.approximate,
+        )
+        current = _then(current, layers)
+    return Expansion(current.config, dict(current.state), current.record)
+
+
+def check_growth(
+    config: ModelConfig,
+    target: ModelConfig | Mapping[str, int],
+    options: GrowthOptions | None = None,
+) -> ModelConfig:
+    """The config ``expand_state`` would grow ``config`` into, planned and validated from the
+    configs alone (no weights): raises the ``GrowthError`` growing would raise."""
+    return _plan(config, target, options or GrowthOptions())[0]
+
+
+def _plan(
+    config: ModelConfig, target: ModelConfig | Mapping[str, int], o: GrowthOptions
+) -> tuple[ModelConfig, list[Step]]:
+    """The resolved target and the planned width steps; the layer growth is checked."""
     goal = resolve_target(config, target)
     steps: list[Step] = []
 
@@ -134,22 +167,7 @@ def expand_state(
         steps.append(plan_positions(now(), goal.max_seq_len))
     if goal.n_layers != now().n_layers:
         check_layers(now(), goal.n_layers, o.where, o.layer_init, o.approximate)
-    if steps:
-        current = apply_steps(config, state, steps, o.seed)
-    else:
-        current = Expansion(config, dict(state), ResizeRecord.identity(state))
-    if goal.n_layers != current.config.n_layers:
-        layers = insert_layers(
-            current.config,
-            current.state,
-            goal.n_layers,
-            where=o.where,
-            init=o.layer_init,
-            seed=o.seed,
-            approximate=o.approximate,
-        )
-        current = _then(current, layers)
-    return Expansion(current.config, dict(current.state), current.record)
+    return goal, steps
 
 
 def _then(current: Expansion, later: Expansion) -> Expansion:

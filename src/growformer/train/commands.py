@@ -78,8 +78,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
     """The run the flags ask for and its folder. ``--resume`` of a folder with a ``run.json``
-    continues the recorded run (``--steps`` may change its budget); flags that describe a run
-    beside it must describe that same run."""
+    continues the recorded run with its recorded budget unless ``--steps`` changes it (a preset
+    or config file restated beside it does not); flags that describe a run beside it must
+    describe that same run."""
     described = args.config or args.schedule or args.preset or args.data
     described = described or args.text_field is not None
     budget = {"steps": args.steps} if args.steps is not None else {}
@@ -93,7 +94,6 @@ def _spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
         recorded = replace(
             recorded, data=given.data, vocab_size=given.vocab_size, text_field=given.text_field
         )
-        budget = {"steps": given.train.steps}
     return replace(recorded, train=recorded.train.replace(**budget)), out
 
 

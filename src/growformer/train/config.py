@@ -69,9 +69,11 @@ class TrainConfig:
                 raise TrainConfigError(f"{name} must be a finite number ≥ 0, got {value!r}")
         if self.lr == 0:
             raise TrainConfigError("lr must be > 0")
-        for name in ("min_lr_ratio", "beta1", "beta2"):
-            if getattr(self, name) > 1:
-                raise TrainConfigError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.min_lr_ratio > 1:
+            raise TrainConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        for name in ("beta1", "beta2"):
+            if getattr(self, name) >= 1:
+                raise TrainConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.dtype not in DTYPES:
             raise TrainConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if not isinstance(self.compile, bool):

@@ -25,6 +25,7 @@ from growformer.expand import (
     STACK_METHODS,
     GrowthError,
     GrowthOptions,
+    check_growth,
     layer_order,
 )
 from growformer.optimizer import STATE_POLICIES
@@ -205,20 +206,11 @@ class Schedule:
                     f"{where}: lag_steps {event.lag_steps} would try the candidates past the "
                     f"run's end (step {train.steps})"
                 )
-            if grown.n_layers != config.n_layers:
-                for concrete in [event.candidate(c) for c in event.candidates] or [event]:
-                    if concrete.method == "exact":
-                        continue
-                    try:
-                        layer_order(
-                            concrete.method,
-                            config.n_layers,
-                            grown.n_layers,
-                            concrete.midas_block,
-                            concrete.block_at,
-                        )
-                    except GrowthError as error:
-                        raise TrainConfigError(f"{where}: {concrete.method}: {error}") from None
+            for concrete in [event.candidate(c) for c in event.candidates] or [event]:
+                try:
+                    _check_event(config, grown, concrete)
+                except GrowthError as error:
+                    raise TrainConfigError(f"{where}: {concrete.method}: {error}") from None
             new_seq_len = seq_len if event.seq_len is None else event.seq_len
             if grown == config and new_seq_len == seq_len:
                 raise TrainConfigError(
@@ -251,6 +243,28 @@ class Schedule:
                 f"seq_len {train.seq_len}"
             )
         return stages
+
+
+def _check_event(config: ModelConfig, grown: ModelConfig, event: GrowthEvent) -> None:
+    """Raise the ``GrowthError`` that applying ``event`` (a concrete method) to a model of
+    ``config`` would raise: a copy order that cannot reach the depth, or a width or exact
+    depth growth the expansions refuse (as ``growth.event_expansion`` applies them)."""
+    if event.method != "exact" and grown.n_layers != config.n_layers:
+        layer_order(
+            event.method, config.n_layers, grown.n_layers, event.midas_block, event.block_at
+        )
+        config = config.replace(n_layers=grown.n_layers)
+    reached = check_growth(config, dict(event.sizes), event.options)
+    differing = [
+        f"{n}={getattr(reached, n)}"
+        for n in SIZE_FIELDS
+        if getattr(reached, n) != getattr(grown, n)
+    ]
+    if differing:
+        raise GrowthError(
+            f"growing {dict(event.sizes)} gives {', '.join(differing)} (an MHA model's "
+            "n_kv_heads follows n_heads): give the sizes explicitly"
+        )
 
 
 def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
@@ -317,7 +331,11 @@ def _at(fraction: float, steps: int, name: str) -> int:
     return max(1, min(steps - 1, round(fraction * steps)))
 
 
-def _scaled(value: int, factor: float, multiple: int = 1) -> int:
+def _scaled(value: int, factor: float, name: str, multiple: int = 1) -> int:
+    """``value``·``factor`` rounded to a ``multiple`` (at least one); ``factor`` must be a
+    fraction in (0, 1]."""
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 < factor <= 1:
+        raise TrainConfigError(f"{name} must be a fraction in (0, 1], got {factor!r}")
     return max(multiple, round(value * factor / multiple) * multiple)
 
 
@@ -350,8 +368,8 @@ def compound_schedule(
     ``where``: with ``copy``, a copy of their neighbour with W_O and down zeroed).
     """
     start = {
-        "n_layers": _scaled(target.n_layers, depth),
-        "ffn": _scaled(target.ffn, ffn, 8),
+        "n_layers": _scaled(target.n_layers, depth, "compound: depth"),
+        "ffn": _scaled(target.ffn, ffn, "compound: ffn", 8),
     }
     event = GrowthEvent(
         step=_at(at, train.steps, "compound: at"),
@@ -360,7 +378,7 @@ def compound_schedule(
         method=depth_method,
         options=GrowthOptions(layer_init=layer_init, where=where, width_init=width_init),
     )
-    return Schedule("compound", start, _scaled(train.seq_len, seq, 8), (event,))
+    return Schedule("compound", start, _scaled(train.seq_len, seq, "compound: seq", 8), (event,))
 
 
 def stack_schedule(
@@ -443,7 +461,8 @@ def _gradual_depths(
     """Gradual stacking's start depth and its (step, depth) growth points: ``block`` layers
     more each time; growth ``i`` of ``k`` comes after a stage lasting in proportion to
     ``i**alpha``, the last at ``end``·steps."""
-    first = start_layers or max(block, target.n_layers // 2)
+    first = max(block, target.n_layers // 2) if start_layers is None else start_layers
+    check_int(f"{name}: start_layers", first, minimum=1)
     if block < 1 or (target.n_layers - first) % block or first > target.n_layers:
         raise TrainConfigError(
             f"{name}: from {first} layers the target's {target.n_layers} is not reachable in "
@@ -469,11 +488,11 @@ def exact_schedule(
 ) -> Schedule:
     """All six exact expansions at once: start at ``depth``·layers and ``width``·(hidden, FFN,
     heads) and grow to the target at ``at``·steps."""
-    heads = _scaled(target.n_kv_heads, width) * target.group_size
+    heads = _scaled(target.n_kv_heads, width, "exact: width") * target.group_size
     start = {
-        "n_layers": _scaled(target.n_layers, depth),
-        "hidden": _scaled(target.hidden, width, 8),
-        "ffn": _scaled(target.ffn, width, 8),
+        "n_layers": _scaled(target.n_layers, depth, "exact: depth"),
+        "hidden": _scaled(target.hidden, width, "exact: width", 8),
+        "ffn": _scaled(target.ffn, width, "exact: width", 8),
         "n_heads": heads,
         "n_kv_heads": heads // target.group_size,
     }

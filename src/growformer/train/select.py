@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from growformer.config import ModelConfig
+from growformer.config import SIZE_FIELDS, ModelConfig
 from growformer.train.checkpoint import CHECKPOINTS, latest_checkpoint, read_position
 from growformer.train.commands import (
     check_same_data,
@@ -61,11 +61,12 @@ def branch_schedule(
     """``schedule`` with ``event`` in place of any event at its step, and the target the new
     schedule ends at (the old target with every event's sizes applied in turn). Sizes of later
     events that ``event`` already reached are dropped, and so are later events left with
-    nothing to change."""
+    nothing to change. A size the start leaves to the target, which the branch's target
+    changes, is written into the start, so the branch starts at the same model."""
     events = sorted(
         [e for e in schedule.events if e.step != event.step] + [event], key=lambda e: e.step
     )
-    final = target.replace(**dict(schedule.start))
+    final = start = target.replace(**dict(schedule.start))
     kept = []
     for e in events:
         if e.step > event.step:
@@ -75,7 +76,17 @@ def branch_schedule(
             e = dataclasses.replace(e, sizes=sizes)
         final = final.replace(**dict(e.sizes))
         kept.append(e)
-    branched = dataclasses.replace(schedule, name=f"{schedule.name}+lag", events=tuple(kept))
+    changed = {
+        k: getattr(start, k)
+        for k in SIZE_FIELDS
+        if k not in schedule.start and getattr(start, k) != getattr(final, k)
+    }
+    branched = dataclasses.replace(
+        schedule,
+        name=f"{schedule.name}+lag",
+        start={**schedule.start, **changed},
+        events=tuple(kept),
+    )
     return branched, final
 
 
@@ -124,7 +135,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     chosen = choose(trials)
     out = Path(args.out or f"{run_dir}-{chosen.name}")
     schedule, target = branch_schedule(spec.schedule, spec.target, chosen.event)
-    branch = RunSpec(target, spec.train, schedule, spec.data, spec.vocab_size)
+    branch = dataclasses.replace(spec, target=target, schedule=schedule)
     result = run_training(branch, out, dataset=dataset, resume=checkpoint)
     (out / SELECT_REPORT).write_text(report + "\n")
     print(

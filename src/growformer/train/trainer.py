@@ -327,24 +327,29 @@ class Trainer:
         return contextlib.nullcontext()
 
     @torch.no_grad()
-    def batch_loss(self, step: int, seq_len: int) -> float:
-        """The loss of the current model on the whole batch of ``step`` (no update)."""
+    def batch_loss(self, step: int, seq_len: int, length: int | None = None) -> float:
+        """The loss of the current model on the whole batch of ``step`` at ``seq_len`` (no
+        update), on each row's first ``length`` tokens when given."""
         inputs, targets = self.train_data.batch_at(step, self.train.rows_at(seq_len), seq_len)
+        inputs, targets = inputs[:, :length], targets[:, :length]
         self.model.eval()
         loss = self._loss(self.model, inputs.to(self.device), targets.to(self.device))
         return float(loss)
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean token loss over the fixed validation windows (``eval_batches`` micro-batches),
-        at the final sequence length."""
+        """Mean token loss over the fixed validation windows (``eval_batches`` micro-batches)
+        of the final sequence length, on their first ``max_seq_len`` tokens while the model's
+        context is shorter (a schedule that grows it)."""
         self.model.eval()
         micro = self.train.micro_batch_size
         total, count = 0.0, 0
+        length = min(self.train.seq_len, self.model.config.max_seq_len)
         batches = self.val_data.eval_batches(
             micro, self.train.seq_len, self.train.eval_batches * micro
         )
         for inputs, targets in batches:
+            inputs, targets = inputs[:, :length], targets[:, :length]
             loss = self._loss(self.model, inputs.to(self.device), targets.to(self.device))
             total += float(loss) * targets.numel()
             count += targets.numel()
@@ -405,11 +410,13 @@ class Trainer:
             event = chosen.event
             lag = {"lag": {"chosen": chosen.name, "trials": trial_records(trials)}}
         before_config = self.model.config
-        loss_before = self.batch_loss(step, stage.seq_len)
+        # Both on the tokens the model before can take, so that they compare.
+        length = min(stage.seq_len, before_config.max_seq_len)
+        loss_before = self.batch_loss(step, stage.seq_len, length)
         apply_event_(self.model, self.optimizer, event)
         self.model.to(self.device)
         self._wrap()
-        loss_after = self.batch_loss(step, stage.seq_len)
+        loss_after = self.batch_loss(step, stage.seq_len, length)
         self.position.stage = stage.index
         if event.rewarm_steps:
             self.position.rewarm_from, self.position.rewarm_steps = step, event.rewarm_steps

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from safetensors.torch import load_file, save_file
 
 from growformer import GrowthOptions, grow, hf
 from growformer.cli import main
@@ -148,3 +149,27 @@ def test_with_model_takes_a_canonical_model_grown_elsewhere(tmp_path: Path) -> N
     narrow = hf.to_canonical(bert())
     with pytest.raises(GrowthError, match="smaller"):
         narrow.with_model(hf.to_canonical(bert(hidden_size=16)).model())
+
+
+def test_old_layernorm_gamma_and_beta_names_are_read(tmp_path: Path) -> None:
+    """google-bert/bert-base-uncased stores its LayerNorm parameters as gamma and beta, which
+    transformers still loads: so does growformer, writing today's names back."""
+    source = bert("BertForPreTraining")
+    src = saved(source, tmp_path / "src")
+    weights = load_file(src / "model.safetensors")
+    legacy = {
+        name.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+            "LayerNorm.bias", "LayerNorm.beta"
+        ): tensor
+        for name, tensor in weights.items()
+    }
+    assert any(name.endswith("LayerNorm.gamma") for name in legacy)
+    save_file(legacy, src / "model.safetensors", metadata={"format": "pt"})
+    assert main(["grow", str(src), str(tmp_path / "dst"), "--ffn", "64", "--check"]) == 0
+    grown = load(tmp_path / "dst", "BertForPreTraining")
+    ids = tokens()
+    with torch.no_grad():
+        expected = source.eval()(ids).prediction_logits
+        actual = grown.eval()(ids).prediction_logits
+    assert relative_error(expected, actual) <= RTOL
+    assert not any("gamma" in n for n in load_file(tmp_path / "dst" / "model.safetensors"))

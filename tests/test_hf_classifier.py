@@ -57,14 +57,16 @@ def test_in_memory_growth_returns_a_classifier_with_the_same_outputs():
     assert relative_error(class_logits(source, ids), class_logits(grown, ids)) <= RTOL
 
 
-def test_a_classifier_shrinks_with_its_head_cut_to_the_kept_hidden_dims(tmp_path):
-    src = saved(classifier("llama"), tmp_path / "src")
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_classifier_shrinks_with_its_head_cut_to_the_kept_hidden_dims(tmp_path, family):
+    src = saved(classifier(family), tmp_path / "src")
     calib = tmp_path / "calib.bin"
     np.random.default_rng(0).integers(1, VOCAB, 2000, dtype=np.uint16).tofile(calib)
     dst = tmp_path / "dst"
-    shrink_folder(src, dst, {"hidden": 16, "ffn": 24}, data=calib, calib_tokens=128)
+    sizes = {"hidden": 16, "ffn": 24} | ({"n_heads": 2} if family == "gpt2" else {})
+    shrink_folder(src, dst, sizes, data=calib, calib_tokens=128)
     child = load(dst, AUTO)
-    assert type(child).__name__ == "LlamaForSequenceClassification"
+    assert type(child) is type(load(src, AUTO))
     assert child.score.weight.shape == (3, 16)
     assert torch.isfinite(class_logits(child, pad_free_tokens())).all()
     # The kept hidden dims, in order, read off the embedding (a writer: selected, not scaled);
@@ -75,6 +77,11 @@ def test_a_classifier_shrinks_with_its_head_cut_to_the_kept_hidden_dims(tmp_path
     assert torch.equal(source_emb[:, kept], child_emb)
     expected = load(src, AUTO).score.weight[:, kept] * 2**0.5
     assert torch.allclose(child.score.weight, expected, rtol=1e-6, atol=0)
+    # The head is the only reader of the final hidden state: the final norm is not scaled too.
+    source_state, child_state = hf.read_folder(src).state, hf.read_folder(dst).state
+    for name in ("final_norm.weight", "final_norm.bias"):
+        if name in source_state:
+            assert torch.equal(child_state[name], source_state[name][kept]), name
 
 
 def test_in_place_growth_refuses_a_classifier_before_any_step(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from conftest import check_overwrite, cli
 from growformer import grow, hf
@@ -55,6 +55,23 @@ def test_bf16_source_gives_a_bf16_folder(tmp_path: Path) -> None:
         assert {f.get_tensor(n).dtype for n in f.keys()} == {torch.bfloat16}  # noqa: SIM118
     assert json.loads((tmp_path / "dst" / "config.json").read_text())["dtype"] == "bfloat16"
     assert load(tmp_path / "dst").dtype == torch.bfloat16
+
+
+def test_a_folder_of_mixed_dtypes_is_read_in_the_widest(tmp_path: Path) -> None:
+    """Norm gains kept in float32 beside bfloat16 matrices (transformers loads such folders):
+    every weight is read as float32, which loses nothing, and the growth is exact."""
+    source = llama()
+    src = saved(source, tmp_path / "src")
+    weights = load_file(src / "model.safetensors")
+    mixed = {n: t if "norm" in n else t.to(torch.bfloat16) for n, t in weights.items()}
+    save_file(mixed, src / "model.safetensors", metadata={"format": "pt"})
+    canonical = hf.read_folder(src)
+    assert {t.dtype for t in canonical.state.values()} == {torch.float32}
+    assert torch.equal(
+        canonical.state["tok_emb.weight"], mixed["model.embed_tokens.weight"].float()
+    )
+    assert cli("grow", src, tmp_path / "dst", "--ffn", "80", "--hidden", "48", "--check") == 0
+    assert cli("info", src) == 0
 
 
 def _shard_bytes(shard: Path) -> tuple[int, int]:
@@ -213,6 +230,17 @@ def test_missing_shard_fails_clearly(tmp_path: Path, capsys) -> None:
     assert cli("grow", src, tmp_path / "dst", "--ffn", "64") == 2
     assert "lists shards that are missing" in capsys.readouterr().err
     assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("weight_map", [["model-00001-of-00002.safetensors"], None, {"a": 1}])
+def test_an_index_whose_weight_map_is_not_names_to_files_fails_clearly(
+    tmp_path: Path, capsys, weight_map: object
+) -> None:
+    src = saved(llama(), tmp_path / "src", max_shard_size="30KB")
+    index = src / "model.safetensors.index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "weight_map": weight_map}))
+    assert cli("info", src) == 2
+    assert "weight_map must map tensor names to shard file names" in capsys.readouterr().err
 
 
 def test_a_single_weights_file_wins_over_an_index_beside_it(src: Path, tmp_path: Path) -> None:

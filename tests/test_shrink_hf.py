@@ -90,9 +90,30 @@ def test_shrink_keeps_the_layer_types_of_the_kept_layers(tmp_path, token_file, e
     assert load(dst).config.layer_types == [types[i] for i in keep]
 
 
-def test_written_tokenizer_length_fits_the_positions(tmp_path):
+def test_written_tokenizer_length_fits_the_positions(tmp_path, token_file):
+    """Shrinking the positions below a tokenizer length the source could take lowers it, so
+    ``truncation=True`` stays safe; otherwise the tokenizer config is copied as it is."""
+    src = saved(llama(), tmp_path / "src")  # 16 positions
+    tokenizer_config = src / "tokenizer_config.json"
+    tokenizer_config.write_text(json.dumps({"model_max_length": 16}))
+    args = ["shrink", src, tmp_path / "short", "--max-seq-len", 8, "--data", token_file]
+    assert main([str(a) for a in [*args, "--calib-tokens", 128]]) == 0
+    settings = json.loads((tmp_path / "short" / "tokenizer_config.json").read_text())
+    assert settings["model_max_length"] == 8
+    for length in (16, 1e30):  # fits the source; no limit (transformers' "very large")
+        tokenizer_config.write_text(json.dumps({"model_max_length": length, "x": 1}))
+        dst = tmp_path / f"grown_{length}"
+        assert main(["grow", str(src), str(dst), "--ffn", "96"]) == 0
+        assert (dst / "tokenizer_config.json").read_bytes() == tokenizer_config.read_bytes()
+    tokenizer_config.write_text("{not json")
+    assert main(["grow", str(src), str(tmp_path / "bad"), "--ffn", "96"]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_folder_without_a_tokenizer_needs_token_ids(tmp_path, capsys):
+    """transformers would build an empty tokenizer for it (every word unknown), and the
+    importance would be measured on nothing."""
     src = saved(llama(), tmp_path / "src")
-    (src / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}))
-    hf.write_folder(hf.read_folder(src), tmp_path / "dst", like=src)
-    settings = json.loads((tmp_path / "dst" / "tokenizer_config.json").read_text())
-    assert settings["model_max_length"] == 16
+    assert main(["shrink", str(src), str(tmp_path / "dst"), "--ffn", "24"]) == 2
+    assert "has no tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()

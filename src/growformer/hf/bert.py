@@ -24,6 +24,7 @@ the context length) can be saved as BERT; heads and head dims grow exactly in me
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from growformer.config import ModelConfig
 from growformer.hf.family import (
+    Canonical,
     Family,
     FormatError,
     Source,
@@ -104,6 +106,13 @@ def unfold(folded: Tensor, token_type_0: Tensor, reference: Tensor | None) -> Te
     return out
 
 
+_LEGACY_NORM = re.compile(r"(LayerNorm)\.(gamma|beta)$")
+
+
+def _modern_norm(match: re.Match[str]) -> str:
+    return f"{match[1]}.{'weight' if match[2] == 'gamma' else 'bias'}"
+
+
 class Bert(Family):
     model_type = "bert"
     architecture = "BertModel"
@@ -140,6 +149,14 @@ class Bert(Family):
             "output.LayerNorm.bias": "mlp_norm.bias",
         }
     )
+
+    def from_hf(self, hf_config: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> Canonical:
+        """As ``Family.from_hf``; the LayerNorm ``gamma``/``beta`` of old checkpoints (as
+        google-bert/bert-base-uncased stores them) are read as ``weight``/``bias``, the names
+        the model is written back with."""
+        return super().from_hf(
+            hf_config, {_LEGACY_NORM.sub(_modern_norm, n): t for n, t in tensors.items()}
+        )
 
     def config_from_hf(self, hf: Mapping[str, Any]) -> ModelConfig:
         name = self.model_type

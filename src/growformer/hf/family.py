@@ -80,7 +80,9 @@ class Source:
     model class). ``prefix``: the base-model prefix its names used (``"model."``, or ``""`` for
     a bare base model). ``duplicates``: tied copies it stored explicitly. ``kept``: source
     tensors a family needs to invert a conversion exactly (BERT: the position table before the
-    token-type-0 embedding was folded into it).
+    token-type-0 embedding was folded into it). ``headless``: the source has no LM head (a bare
+    base model, a classifier); its canonical model runs with the embedding as W_U, but what
+    it outputs is the final hidden state.
     """
 
     family: Family
@@ -88,6 +90,7 @@ class Source:
     prefix: str
     duplicates: tuple[str, ...] = ()
     kept: Mapping[str, Tensor] = field(default_factory=dict)
+    headless: bool = False
 
     def after_growth(self, old: ModelConfig, new: ModelConfig, record: ResizeRecord) -> Source:
         """This source with its config's per-layer settings following the layers of a growth
@@ -263,14 +266,18 @@ class Family(ABC):
     def from_hf(self, hf_config: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> Canonical:
         """Convert a checkpoint (name → tensor, e.g. a state dict or safetensors shards).
 
-        Canonical tensors are views of the given ones where the layout allows. Raises
+        Canonical tensors are views of the given ones where the layout allows. Weights of
+        several floating-point dtypes (norms kept in float32 beside bfloat16 matrices) are all
+        cast to the widest of them, float32 or float64, which loses nothing. Raises
         ``FormatError`` for unsupported settings and ``CheckpointError`` naming missing,
         unexpected or misshapen weights, or tied weights that differ.
         """
         config = self.config_from_hf(hf_config)
         prefix = self.detect_prefix(list(tensors))
-        has_lm_head = config.tie_embeddings or any(h in tensors for h in self.head)
-        if not has_lm_head and (not prefix or any(self.is_extra(n, prefix) for n in tensors)):
+        headless = not any(h in tensors for h in self.head) and (
+            not prefix or any(self.is_extra(n, prefix) for n in tensors)
+        )
+        if headless and not config.tie_embeddings:
             # A bare base model (LlamaModel) or a sequence classifier has no LM head: it runs
             # with the embedding as W_U, and is written back with none.
             config = config.replace(tie_embeddings=True)
@@ -298,11 +305,11 @@ class Family(ABC):
                 raise CheckpointError(
                     f"{name} is tied to {tied_to} (tie_word_embeddings) but differs from it"
                 )
-        source = Source(self, dict(hf_config), prefix, tuple(duplicates))
+        source = Source(self, dict(hf_config), prefix, tuple(duplicates), headless=headless)
         kept = self.after_read(config, state, extras, source)
         source = dataclasses.replace(source, kept=kept)
         self._check_weights(config, state, by_name, unexpected)
-        return Canonical(config, state, extras, source)
+        return Canonical(config, _one_float_dtype(state), extras, source)
 
     def to_hf(self, canonical: Canonical) -> dict[str, Tensor]:
         """The checkpoint of ``canonical`` under its source's names (and extras, and the tied
@@ -423,3 +430,13 @@ def canonical_config(family: str, **fields: Any) -> ModelConfig:
         return ModelConfig(**fields)
     except (ConfigError, TypeError) as err:
         raise FormatError(f"{family} config.json describes no valid model: {err}") from err
+
+
+def _one_float_dtype(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with mixed floating-point weights cast to the widest dtype (float64 when one
+    is, else float32); unchanged when they share one."""
+    floats = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(floats) <= 1:
+        return state
+    widest = torch.float64 if torch.float64 in floats else torch.float32
+    return {n: t.to(widest) if t.is_floating_point() else t for n, t in state.items()}

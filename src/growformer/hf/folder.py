@@ -113,6 +113,13 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
             raise CheckpointError(f"{index} is not a valid index (no weight_map): {err}") from err
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise CheckpointError(
+                f"{index}: weight_map must map tensor names to shard file names, got "
+                f"{type(weight_map).__name__}"
+            )
         files = [folder / name for name in dict.fromkeys(weight_map.values())]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -206,21 +213,27 @@ def write_folder(
             for file in Path(like).iterdir():
                 if file.is_file() and any(fnmatch.fnmatch(file.name, p) for p in COPIED):
                     shutil.copy2(file, tmp / file.name)
-            _fit_tokenizer_length(tmp / TOKENIZER_CONFIG, canonical.config.max_seq_len)
+            source_len = family.config_from_hf(read_config_json(like)).max_seq_len
+            _fit_tokenizer_length(tmp / TOKENIZER_CONFIG, source_len, canonical.config.max_seq_len)
     return Path(path)
 
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
-def _fit_tokenizer_length(path: Path, max_seq_len: int) -> None:
-    """Lower a copied tokenizer's ``model_max_length`` to the model's (after shrinking the
-    positions), so that ``truncation=True`` gives inputs the model accepts."""
+def _fit_tokenizer_length(path: Path, source_len: int, max_seq_len: int) -> None:
+    """Lower a copied tokenizer's ``model_max_length`` to the model's ``max_seq_len`` when
+    shrinking the positions took the model below it while the source (of ``source_len``
+    positions) could take it, so that ``truncation=True`` still gives inputs the model accepts.
+    Any other tokenizer config stays as copied. ``CheckpointError`` for one that is not JSON."""
     if not path.is_file():
         return
-    settings = json.loads(path.read_text())
-    length = settings.get("model_max_length")
-    if isinstance(length, int | float) and length > max_seq_len:
+    try:
+        settings = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"the source's {path.name} is not valid JSON: {err}") from err
+    length = settings.get("model_max_length") if isinstance(settings, dict) else None
+    if isinstance(length, int | float) and max_seq_len < length <= source_len:
         settings["model_max_length"] = max_seq_len
         path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 

@@ -48,6 +48,11 @@ ENCODE_CHUNK = 64
 Encode = Callable[[list[str]], list[list[int]]]
 
 
+# The vocabulary files of tokenizers that ship without tokenizer.json (BERT's WordPiece,
+# GPT-2's BPE, SentencePiece models).
+SLOW_TOKENIZER_FILES = ("vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
+
+
 def folder_tokenizer(folder: str | os.PathLike) -> Path | None:
     """The ``tokenizer.json`` of the model in ``folder``: its own, else, for the model of a
     training checkpoint (``RUN/checkpoints/step_N/model``), the run's; None when neither is
@@ -78,6 +83,14 @@ def folder_encoder(folder: str | os.PathLike, hugging_face: bool) -> Encode | No
         return lambda texts: [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
     if not hugging_face:
         return None
+    vocabularies = [name for name in SLOW_TOKENIZER_FILES if (Path(folder) / name).is_file()]
+    if not vocabularies:
+        # transformers would build an empty tokenizer (every word unknown) rather than fail.
+        raise DataError(
+            f"{folder} has no tokenizer ({TOKENIZER_FILE} or "
+            f"{', '.join(SLOW_TOKENIZER_FILES)}); pass --data with token ids (.bin) in the "
+            "model's vocabulary"
+        )
     try:
         from transformers import AutoTokenizer
 

@@ -36,6 +36,7 @@ def subclone_canonical(
         importance,
         keep_layers=keep_layers,
         rescale=rescale,
+        headless=source.source.headless,
     )
     extras, kept = _cut_extras(source, child.plan, child.report.reader_scale)
     hf_config = dict(source.source.hf_config)

@@ -5,7 +5,9 @@ its output loses about a factor √(ĥ/h) in norm when the terms are roughly ind
 child's readers are therefore multiplied by √(h/ĥ) so that activations keep their scale (the
 weight-subcloning recipe). Reader biases are not scaled: they do not sum over the hidden size.
 A tied W_U is the token embedding, a writer, so it is scaled through the final norm's gain and
-bias instead (the same function); without a final norm a tied W_U is left as it is.
+bias instead (the same function); without a final norm a tied W_U is left as it is, and so is
+the final norm of a headless model (a base model or a classifier, whose output is the final
+hidden state; a classifier's head is a reader of its own, scaled with the extras).
 
 Post-norm (BERT) models need one more step. There a LayerNorm's output *is* the residual
 stream, and the child's LayerNorm normalizes over the kept dimensions only: the important ones,
@@ -43,16 +45,17 @@ def reader_scale(source: ModelConfig, target: ModelConfig) -> float:
     return math.sqrt(source.hidden / target.hidden)
 
 
-def scaled_parameters(config: ModelConfig) -> dict[str, int]:
+def scaled_parameters(config: ModelConfig, headless: bool = False) -> dict[str, int]:
     """The child's parameters that rescaling multiplies, each with the dimension the factor
-    runs along (the hidden dimension of that tensor)."""
+    runs along (the hidden dimension of that tensor). ``headless``: the model's output is its
+    final hidden state, not logits through a tied W_U."""
     scaled: dict[str, int] = {}
     readers = LAYER_READERS + ("mlp.gate.weight",) * (config.mlp == "swiglu")
     for i in range(config.n_layers):
         scaled.update({f"layers.{i}.{name}": 1 for name in readers})
     if not config.tie_embeddings:
         scaled["lm_head.weight"] = 1
-    elif config.final_norm:
+    elif config.final_norm and not headless:
         scaled["final_norm.weight"] = 0
         if config.norm == "layer":
             scaled["final_norm.bias"] = 0

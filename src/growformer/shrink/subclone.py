@@ -45,13 +45,15 @@ def subclone(
     *,
     keep_layers: Sequence[int] | None = None,
     rescale: bool = True,
+    headless: bool = False,
 ) -> Subclone:
     """Initialize a smaller model from the model ``(config, state)``.
 
     ``target`` gives the sizes to shrink to (``SHRINK_FIELDS``; see ``resolve_shrink_target``
     for defaults and the errors it raises), ``importance`` comes from ``measure_importance`` on
     calibration data, ``keep_layers`` overrides block removal, ``rescale`` multiplies the
-    readers by √(h/ĥ) (see ``growformer.shrink.rescale``).
+    readers by √(h/ĥ) (see ``growformer.shrink.rescale``); ``headless``: the model outputs its
+    final hidden state (a Hugging Face base model or classifier), so a tied W_U is not scaled.
 
     Example::
 
@@ -61,7 +63,7 @@ def subclone(
         small = model_from_state(child.config, child.state)
     """
     plan = plan_subclone(config, resolve_shrink_target(config, target), importance, keep_layers)
-    return apply_plan(state, plan, importance=importance, rescale=rescale)
+    return apply_plan(state, plan, importance=importance, rescale=rescale, headless=headless)
 
 
 def apply_plan(
@@ -70,14 +72,16 @@ def apply_plan(
     *,
     importance: Importance | None = None,
     rescale: bool = True,
+    headless: bool = False,
 ) -> Subclone:
     """Build the child that ``plan`` describes from the source weights ``state`` (read one
     tensor at a time, so ``state`` may load lazily). ``importance``, when given, fills the
     report's coverage figures and, for a post-norm model with ``rescale``, calibrates the norm
-    gains. Raises ``KeyError`` naming a missing source weight."""
+    gains; ``headless`` as in ``subclone``. Raises ``KeyError`` naming a missing source
+    weight."""
     source, target = plan.source, plan.target
     scale = reader_scale(source, target) if rescale else 1.0
-    scaled = scaled_parameters(target) if scale != 1.0 else {}
+    scaled = scaled_parameters(target, headless) if scale != 1.0 else {}
     norm_gains = norm_gain_scales(plan, importance) if rescale and importance else {}
     with torch.device("meta"):
         child = Transformer(target)

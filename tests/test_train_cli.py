@@ -185,6 +185,10 @@ def test_demo_trains_both_schedules_and_keeps_existing_runs(tmp_path, corpus, ca
     assert not (out / "compound" / "notes.txt").exists()
     assert main(["demo", "--out", str(tmp_path / "zero"), "--steps", "0"]) == 2
     assert "steps" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "afile"), "--steps", "2"]) == 2
+    captured = capsys.readouterr()
+    assert "exists and is not a folder" in captured.err and "==" not in captured.out
 
 
 @pytest.mark.parametrize("content", [b"x", b"", b"PK\x03\x04"])

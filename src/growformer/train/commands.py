@@ -263,6 +263,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         name: run_spec(args.preset, train=train, schedule=name, data=args.data)
         for name in DEMO_SCHEDULES
     }
+    if out.exists() and not out.is_dir():
+        raise TrainConfigError(f"--out {out} exists and is not a folder")
     for name in DEMO_SCHEDULES:
         check_run_dir(out / name, args.overwrite)
     dataset = load_run_data(specs["scratch"])

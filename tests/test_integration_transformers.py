@@ -282,6 +282,29 @@ def test_a_stage_the_model_family_cannot_hold_is_refused(tmp_path):
     refused(tmp_path, gpt2(), heads_only, "GPT2LMHeadModel cannot hold a stage.*n_embd/n_head")
 
 
+def test_an_optimizer_whose_state_cannot_be_carried_fails_after_its_first_step(tmp_path):
+    """Adafactor's factored second moments fit no per-entry transform: that is known once the
+    optimizer has state, so the run stops after step 1, not at the growth step."""
+    model = llama()
+    trainer = ProbeTrainer(
+        model=model,
+        args=arguments(tmp_path / "out", optim="adafactor"),
+        train_dataset=TokenRows(),
+    )
+    GrowthCallback(schedule()).attach(trainer)
+    with pytest.raises(GrowthCallbackError, match=r"cannot be carried.*exp_avg_sq_row"):
+        trainer.train()
+    assert trainer.state.global_step == 1
+    reset = ProbeTrainer(
+        model=llama(),
+        args=arguments(tmp_path / "reset", optim="adafactor"),
+        train_dataset=TokenRows(),
+    )
+    GrowthCallback(schedule(state_policy="reset")).attach(reset)
+    reset.train()
+    assert reset.state.global_step == 12
+
+
 def test_an_optimizer_with_foreign_parameters_is_refused(tmp_path):
     model = llama()
     extra = torch.nn.Parameter(torch.zeros(3))

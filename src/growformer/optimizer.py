@@ -124,6 +124,18 @@ def carry_state_(
     optimizer.state = new_state
 
 
+def check_carriable(
+    optimizer: torch.optim.Optimizer,
+    params: Mapping[str, nn.Parameter],
+    moment_powers: Mapping[str, int] | None = None,
+) -> None:
+    """Raise the ``ValueError`` that carrying ``optimizer``'s current state through a growth
+    of ``params`` would raise (a per-parameter tensor with no known power, or not shaped like
+    its parameter), without changing anything. An optimizer that has not stepped yet has no
+    state to check."""
+    _moment_keys(optimizer, params, {**MOMENT_POWERS, **(moment_powers or {})})
+
+
 def _is_moment(value: object) -> bool:
     """A per-parameter entry: a tensor with dimensions (``step`` is a scalar)."""
     return isinstance(value, Tensor) and value.ndim > 0

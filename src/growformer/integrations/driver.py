@@ -17,7 +17,7 @@ from torch import nn
 from growformer.config import ModelConfig
 from growformer.integrations import live
 from growformer.integrations.folding import SequenceFolding
-from growformer.integrations.optim import Rewarm, check_optimizers
+from growformer.integrations.optim import Rewarm, check_optimizers, unwrap_optimizer
 from growformer.integrations.plan import (
     GrowthCallbackError,
     GrowthPlan,
@@ -26,6 +26,7 @@ from growformer.integrations.plan import (
     check_source,
     plan,
 )
+from growformer.optimizer import check_carriable
 from growformer.train.schedule import Stage
 
 log = logging.getLogger("growformer.integrations")
@@ -47,6 +48,7 @@ class GrowthDriver:
         self.stage = 0
         self._folding: SequenceFolding | None = None
         self._rewarm: Rewarm | None = None
+        self._state_checked = False
 
     @property
     def seq_len(self) -> int:
@@ -109,6 +111,7 @@ class GrowthDriver:
         """Apply the growth due before step ``step``, if any; returns its stage and event
         record. ``optimizer`` may be a framework wrapper; its torch optimizer is rewritten."""
         growth = self._plan()
+        self._check_state(growth, model, optimizer)
         stage = growth.due(step)
         if stage is None or stage.index <= self.stage:
             return None
@@ -146,6 +149,26 @@ class GrowthDriver:
             record["params_after"],
         )
         return stage, record
+
+    def _check_state(self, growth: GrowthPlan, model: nn.Module, optimizer: object) -> None:
+        """Once the optimizer has state (after the first step), check that the growths to
+        come that carry it can: an optimizer whose state no transform fits (Adafactor's
+        factored moments) fails then, not at the first growth."""
+        if self._state_checked:
+            return
+        torch_optimizer = unwrap_optimizer(optimizer)
+        if not torch_optimizer.state:
+            return
+        self._state_checked = True
+        later = [s.event for s in growth.stages[self.stage + 1 :] if s.event is not None]
+        if any(event.state_policy == "transform" for event in later):
+            try:
+                check_carriable(torch_optimizer, dict(model.named_parameters()))
+            except ValueError as error:
+                raise GrowthCallbackError(
+                    f"the optimizer's state cannot be carried through the schedule's growth: "
+                    f"{error}"
+                ) from None
 
     def finish(self) -> None:
         """Remove the folding hook (the model is left as grown)."""

@@ -213,7 +213,7 @@ def write_folder(
             for file in Path(like).iterdir():
                 if file.is_file() and any(fnmatch.fnmatch(file.name, p) for p in COPIED):
                     shutil.copy2(file, tmp / file.name)
-            source_len = family.config_from_hf(read_config_json(like)).max_seq_len
+            source_len = family.config_from_hf(canonical.source.hf_config).max_seq_len
             _fit_tokenizer_length(tmp / TOKENIZER_CONFIG, source_len, canonical.config.max_seq_len)
     return Path(path)
 

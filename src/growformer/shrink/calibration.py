@@ -83,8 +83,7 @@ def folder_encoder(folder: str | os.PathLike, hugging_face: bool) -> Encode | No
         return lambda texts: [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
     if not hugging_face:
         return None
-    vocabularies = [name for name in SLOW_TOKENIZER_FILES if (Path(folder) / name).is_file()]
-    if not vocabularies:
+    if not any((Path(folder) / name).is_file() for name in SLOW_TOKENIZER_FILES):
         # transformers would build an empty tokenizer (every word unknown) rather than fail.
         raise DataError(
             f"{folder} has no tokenizer ({TOKENIZER_FILE} or "

@@ -46,11 +46,24 @@ def test_cli_grow_check_verify_and_info_on_a_hf_folder(src: Path, tmp_path: Path
     assert f"parameters: {load(dst).num_parameters():,}" in info
 
 
-def test_bf16_source_gives_a_bf16_folder(tmp_path: Path) -> None:
+def _figures(out: str) -> dict[str, float]:
+    """``label: max_abs_diff=X`` lines of ``grow --check`` as {label: X}."""
+    return {
+        line.split(":")[0]: float(line.split("max_abs_diff=")[1].split()[0])
+        for line in out.splitlines()
+        if "max_abs_diff=" in line
+    }
+
+
+def test_bf16_source_gives_a_bf16_folder(tmp_path: Path, capsys) -> None:
+    """The check's verdict is on the growth computed in float32; the rounding of the rescaled
+    norm gains to bf16, which no tolerance on the stored model separates from a wrong growth,
+    is reported beside it."""
     src = saved(llama().to(torch.bfloat16), tmp_path / "src")
     args = ["--ffn", "80", "--hidden", "48", "--check"]
-    assert cli("grow", src, tmp_path / "dst", *args, "--tol", "1e-7") == 1  # bf16 gain rounding
-    assert cli("grow", src, tmp_path / "dst", *args) == 0  # the default tolerance allows it
+    assert cli("grow", src, tmp_path / "dst", *args, "--tol", "1e-5") == 0
+    figures = _figures(capsys.readouterr().out)
+    assert figures["stored in bfloat16"] > 100 * figures["check"]
     with safe_open(str(tmp_path / "dst" / "model.safetensors"), framework="pt") as f:
         assert {f.get_tensor(n).dtype for n in f.keys()} == {torch.bfloat16}  # noqa: SIM118
     assert json.loads((tmp_path / "dst" / "config.json").read_text())["dtype"] == "bfloat16"

@@ -166,7 +166,7 @@ def test_reset_policy_drops_the_optimizer_state(tmp_path):
             Schedule(
                 "bad", {"n_heads": 2, "n_kv_heads": 2}, None, (GrowthEvent(3, {"n_heads": 4}),)
             ),
-            "n_kv_heads=4 (an MHA model's n_kv_heads follows n_heads)",
+            "n_kv_heads=4 (the schedule's 2): an MHA model's n_kv_heads follows n_heads",
         ),
     ],
 )

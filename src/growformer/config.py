@@ -156,6 +156,15 @@ class ModelConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    def size_differences(self, other: ModelConfig, label: str) -> str:
+        """The size fields where this config differs from ``other``, for an error message:
+        ``"hidden=64 (<label> 96), ffn=…"``; empty when every size agrees."""
+        return ", ".join(
+            f"{name}={getattr(self, name)} ({label} {getattr(other, name)})"
+            for name in SIZE_FIELDS
+            if getattr(self, name) != getattr(other, name)
+        )
+
 
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE:

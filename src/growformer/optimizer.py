@@ -99,10 +99,9 @@ def carry_state_(
     }
     new_state: defaultdict[Tensor, dict] = defaultdict(dict)
     if policy == "transform":
-        powers = {**MOMENT_POWERS, **(moment_powers or {})}
         carried = {
-            key: carry_moments(_moments(optimizer, old_params, key), powers[key])
-            for key in _moment_keys(optimizer, old_params, powers)
+            key: carry_moments(_moments(optimizer, old_params, key), power)
+            for key, power in _moment_powers(optimizer, old_params, moment_powers).items()
         }
         for name in held:
             for key, value in optimizer.state.get(old_params[sources[name]], {}).items():
@@ -133,7 +132,7 @@ def check_carriable(
     of ``params`` would raise (a per-parameter tensor with no known power, or not shaped like
     its parameter), without changing anything. An optimizer that has not stepped yet has no
     state to check."""
-    _moment_keys(optimizer, params, {**MOMENT_POWERS, **(moment_powers or {})})
+    _moment_powers(optimizer, params, moment_powers)
 
 
 def _is_moment(value: object) -> bool:
@@ -152,14 +151,16 @@ def _moments(
     }
 
 
-def _moment_keys(
+def _moment_powers(
     optimizer: torch.optim.Optimizer,
     params: Mapping[str, nn.Parameter],
-    powers: Mapping[str, int],
-) -> set[str]:
-    """The state keys of ``params`` that hold moments; ``ValueError`` for a per-parameter tensor
-    with no known power or not shaped like its parameter."""
-    keys: set[str] = set()
+    moment_powers: Mapping[str, int] | None,
+) -> dict[str, int]:
+    """The state keys of ``params`` that hold moments, with their powers (``MOMENT_POWERS``
+    updated by ``moment_powers``); ``ValueError`` for a per-parameter tensor with no known power
+    or not shaped like its parameter."""
+    powers = {**MOMENT_POWERS, **(moment_powers or {})}
+    keys: dict[str, int] = {}
     for name, param in params.items():
         for key, value in optimizer.state.get(param, {}).items():
             if not _is_moment(value):
@@ -176,5 +177,5 @@ def _moment_keys(
                     f"{sorted(powers)}); pass moment_powers={{{key!r}: 1 or 2}} or use the "
                     "'reset' state policy"
                 )
-            keys.add(key)
+            keys[key] = powers[key]
     return keys

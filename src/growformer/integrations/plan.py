@@ -94,13 +94,9 @@ def plan(source: ScheduleSource, config: ModelConfig, steps: int) -> GrowthPlan:
 
 def check_sizes(config: ModelConfig, expected: ModelConfig, where: str) -> None:
     """Raise ``GrowthCallbackError`` naming every size field where ``config`` differs."""
-    differing = [
-        f"{name}={getattr(config, name)} (expected {getattr(expected, name)})"
-        for name in SIZE_FIELDS
-        if getattr(config, name) != getattr(expected, name)
-    ]
+    differing = config.size_differences(expected, "expected")
     if differing:
-        raise GrowthCallbackError(f"the model is not {where}: " + ", ".join(differing))
+        raise GrowthCallbackError(f"the model is not {where}: {differing}")
 
 
 def _resolve(

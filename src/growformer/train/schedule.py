@@ -227,15 +227,10 @@ class Schedule:
                     f"max_seq_len {stage.config.max_seq_len}"
                 )
         final = stages[-1]
-        mismatched = [
-            f"{n}={getattr(final.config, n)} (target {getattr(target, n)})"
-            for n in SIZE_FIELDS
-            if getattr(final.config, n) != getattr(target, n)
-        ]
+        mismatched = final.config.size_differences(target, "target")
         if mismatched:
             raise TrainConfigError(
-                f"schedule {self.name!r} ends at a model that is not the target: "
-                + ", ".join(mismatched)
+                f"schedule {self.name!r} ends at a model that is not the target: {mismatched}"
             )
         if final.seq_len != train.seq_len:
             raise TrainConfigError(
@@ -255,15 +250,11 @@ def _check_event(config: ModelConfig, grown: ModelConfig, event: GrowthEvent) ->
         )
         config = config.replace(n_layers=grown.n_layers)
     reached = check_growth(config, dict(event.sizes), event.options)
-    differing = [
-        f"{n}={getattr(reached, n)}"
-        for n in SIZE_FIELDS
-        if getattr(reached, n) != getattr(grown, n)
-    ]
+    differing = reached.size_differences(grown, "the schedule's")
     if differing:
         raise GrowthError(
-            f"growing {dict(event.sizes)} gives {', '.join(differing)} (an MHA model's "
-            "n_kv_heads follows n_heads): give the sizes explicitly"
+            f"growing {dict(event.sizes)} gives {differing}: an MHA model's n_kv_heads follows "
+            "n_heads, so give the sizes explicitly"
         )
 
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from growformer.atomic import atomic_write
-from growformer.config import SIZE_FIELDS, ModelConfig
+from growformer.config import ModelConfig
 from growformer.model import Transformer
 from growformer.model_io import load_config
 from growformer.train.apollo import sample_depth, sharing_order
@@ -155,14 +155,15 @@ class Trainer:
                 f"{checkpoint} is at step {position.step}, past this run's {self.train.steps} steps"
             )
         config = load_config(checkpoint / MODEL_DIR)
-        expected = self.stages[position.stage].config if position.stage < len(self.stages) else None
-        if expected is None or any(
-            getattr(config, f) != getattr(expected, f) for f in SIZE_FIELDS if f != "vocab_size"
-        ):
-            sizes = ", ".join(f"{f}={getattr(config, f)}" for f in SIZE_FIELDS)
+        if position.stage < len(self.stages):
+            differing = config.size_differences(self.stages[position.stage].config, "stage")
+        else:
+            differing = f"schedule {self.schedule.name!r} has {len(self.stages)} stages"
+        if differing:
             raise TrainConfigError(
-                f"{checkpoint}: its model ({sizes}) is not stage {position.stage} of schedule "
-                f"{self.schedule.name!r}; resume with the schedule the run was trained with"
+                f"{checkpoint}: its model is not stage {position.stage} of schedule "
+                f"{self.schedule.name!r} ({differing}); resume with the schedule the run was "
+                "trained with"
             )
 
     # -- setup -------------------------------------------------------------------------------

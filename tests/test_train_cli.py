@@ -179,7 +179,8 @@ def test_demo_trains_both_schedules_and_keeps_existing_runs(tmp_path, corpus, ca
     (out / "compound" / "notes.txt").write_text("mine")
     capsys.readouterr()
     assert main(args) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--resume" not in err  # demo has no --resume
     assert (out / "compound" / "notes.txt").read_text() == "mine"
     assert main([*args, "--overwrite"]) == 0
     assert not (out / "compound" / "notes.txt").exists()
@@ -292,6 +293,27 @@ def test_resume_refuses_flags_that_describe_another_run(tmp_path, corpus, capsys
     assert main([*base, "--schedule", "compound", "--resume", "--no-progress"]) == 0
     assert read_metrics(out)[-1]["step"] == "10"
     assert json.loads((out / "run.json").read_text())["train"]["steps"] == 10
+
+
+def test_resume_takes_what_the_flags_leave_out_from_the_run(tmp_path, corpus, capsys):
+    """A preset, schedule or data restated alone is compared with the run's own; the rest is
+    the run's (not the default preset and schedule)."""
+    out = tmp_path / "run"
+    data = ["--data", str(corpus), "--out", str(out)]
+    assert main(["train", "--preset", "tiny", "--schedule", "compound", *data, "--steps", "4"]) == 0
+    for restated, steps in ((["--preset", "tiny"], 5), (["--schedule", "compound"], 6), ([], 7)):
+        assert main(["train", *restated, *data, "--steps", str(steps), "--resume"]) == 0
+        assert read_metrics(out)[-1]["step"] == str(steps)
+    capsys.readouterr()
+    for other, field in (
+        (["--preset", "small"], "model.hidden"),
+        (["--schedule", "stack"], "schedule.name"),
+    ):
+        assert main(["train", *other, *data, "--steps", "8", "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "was trained with other settings" in err and field in err
+        assert "schedule" not in err if "--preset" in other else "model." not in err
+    assert read_metrics(out)[-1]["step"] == "7"
 
 
 def test_resume_refuses_a_config_file_whose_schedule_changed_under_the_same_name(

@@ -80,15 +80,17 @@ def _spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
     """The run the flags ask for and its folder. ``--resume`` of a folder with a ``run.json``
     continues the recorded run with its recorded budget unless ``--steps`` changes it (a preset
     or config file restated beside it does not); flags that describe a run beside it must
-    describe that same run."""
+    describe that same run, and what they leave out (the preset's model and training settings,
+    the schedule) is the run's own."""
     described = args.config or args.schedule or args.preset or args.data
     described = described or args.text_field is not None
     budget = {"steps": args.steps} if args.steps is not None else {}
-    given = _described_spec(args, budget) if described or not args.out else None
-    out = Path(args.out or f"runs/{given.schedule.name}")
+    fresh = None if args.out else _described_spec(args, budget)
+    out = Path(args.out or f"runs/{fresh.schedule.name}")
     if not (args.resume and (out / RUN_FILE).is_file()):
-        return given or _described_spec(args, budget), out
+        return fresh or _described_spec(args, budget), out
     recorded = load_run_dir(out)
+    given = _described_spec(args, budget, recorded) if described else None
     if given is not None:
         check_same_run(out, recorded, given)
         recorded = replace(
@@ -97,20 +99,34 @@ def _spec(args: argparse.Namespace) -> tuple[RunSpec, Path]:
     return replace(recorded, train=recorded.train.replace(**budget)), out
 
 
-def _described_spec(args: argparse.Namespace, train: dict) -> RunSpec:
+def _described_spec(
+    args: argparse.Namespace, train: dict, recorded: RunSpec | None = None
+) -> RunSpec:
+    """The run the flags describe; beside a ``recorded`` run (a resume), a preset or schedule
+    left out is the recorded run's (its model and training settings, its schedule)."""
     if args.config:
         if args.preset or args.data or args.text_field is not None:
             raise TrainConfigError(
                 "--preset, --data and --text-field go in the --config file, not beside it"
             )
         return load_run_file(args.config, train_overrides=train)
-    return run_spec(
+    model = None
+    if recorded is not None and not args.preset:
+        model = recorded.target.to_dict()
+        train = {**recorded.train.to_dict(), **train}
+    spec = run_spec(
         args.preset or "small",
+        model=model,
         train=train,
         schedule=args.schedule or "scratch",
         data=args.data,
         text_field=DEFAULT_TEXT_FIELD if args.text_field is None else args.text_field,
     )
+    if recorded is not None and not args.preset:
+        spec = replace(spec, vocab_size=recorded.vocab_size)
+    if recorded is not None and not args.schedule:
+        spec = replace(spec, schedule=recorded.schedule)
+    return spec
 
 
 def check_same_run(run_dir: Path, recorded: RunSpec, given: RunSpec) -> None:
@@ -209,15 +225,17 @@ def run_training(
     return trainer.run()
 
 
-def check_run_dir(out: Path, overwrite: bool = False) -> None:
+def check_run_dir(out: Path, overwrite: bool = False, *, resumable: bool = True) -> None:
     """A new run must not mix with files already in ``out``: ``TrainConfigError`` unless it is
-    new, empty, or ``overwrite`` (the caller removes it)."""
+    new, empty, or ``overwrite`` (the caller removes it). ``resumable``: the command has
+    ``--resume``, which the message then offers."""
     if out.exists() and not out.is_dir():
         raise TrainConfigError(f"run folder {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
+        resume = "--resume to continue its run, " if resumable else ""
         raise TrainConfigError(
-            f"run folder {out} is not empty: pass --resume to continue its run, "
-            "--overwrite to replace it, or another --out"
+            f"run folder {out} is not empty: pass {resume}--overwrite to replace it, "
+            "or another --out"
         )
 
 
@@ -266,7 +284,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise TrainConfigError(f"--out {out} exists and is not a folder")
     for name in DEMO_SCHEDULES:
-        check_run_dir(out / name, args.overwrite)
+        check_run_dir(out / name, args.overwrite, resumable=False)
     dataset = load_run_data(specs["scratch"])
     summaries = []
     for name, spec in specs.items():
@@ -275,7 +293,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         summaries.append(summarize(out / name))
     table = speedup_table(summaries[0], summaries[1:])
     plot = plot_runs([out / name for name in DEMO_SCHEDULES], out / "loss.png")
-    (out / "table.md").write_text(table + "\n")
+    atomic_write(out / "table.md", (table + "\n").encode())
     print(table)
     print(f"plot: {plot}")
     return 0

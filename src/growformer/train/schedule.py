@@ -477,8 +477,9 @@ def exact_schedule(
     depth: float = 0.5,
     width: float = 0.5,
 ) -> Schedule:
-    """All six exact expansions at once: start at ``depth``·layers and ``width``·(hidden, FFN,
-    heads) and grow to the target at ``at``·steps."""
+    """Four exact expansions at once (layers, hidden, FFN, heads with their kv heads; the head
+    dims stay the target's): start at ``depth``·layers and ``width``·(hidden, FFN, heads) and
+    grow to the target at ``at``·steps."""
     heads = _scaled(target.n_kv_heads, width, "exact: width") * target.group_size
     start = {
         "n_layers": _scaled(target.n_layers, depth, "exact: depth"),

@@ -80,8 +80,14 @@ VARIANTS: dict[str, ModelConfig] = {
         tie_embeddings=True,
         mlp_bias=True,
     ),
-    "rms_rope_gelu_encoder_headdims": tiny_config(
-        causal=False, mlp="gelu", hidden=36, n_heads=3, qk_head_dim=10, v_head_dim=6
+    "rms_rope_gelu_encoder_headdims_nofinal": tiny_config(
+        causal=False,
+        mlp="gelu",
+        hidden=36,
+        n_heads=3,
+        qk_head_dim=10,
+        v_head_dim=6,
+        final_norm=False,
     ),
 }
 

@@ -131,6 +131,24 @@ def test_grow_bad_targets_fail_clearly_and_write_nothing(
 def test_smaller_target_points_to_shrinking(src: Path, tmp_path: Path, capsys) -> None:
     assert cli("grow", src, tmp_path / "dst", "--ffn", "32") == 2
     assert "shrink" in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        (["--heads", "6", "--kv-heads", "4", "--hidden", "48"], "n_kv_heads"),
+        (["--qk-head-dim", "7"], "qk_head_dim"),
+        (["--layers", "0"], "n_layers"),
+        (["--hidden", "30"], "hidden"),
+    ],
+)
+def test_init_refuses_a_bad_config_and_writes_nothing(
+    tmp_path: Path, capsys, sizes: list[str], message: str
+) -> None:
+    assert cli("init", tmp_path / "m", *sizes) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_existing_destination_is_refused_without_overwrite(

@@ -143,7 +143,7 @@ def test_forward_shapes(variant):
 
 
 @pytest.mark.parametrize(
-    "variant", ["llama_mha", "gpt2_all_bias", "rms_rope_gelu_encoder_headdims"]
+    "variant", ["llama_mha", "gpt2_all_bias", "rms_rope_gelu_encoder_headdims_nofinal"]
 )
 def test_causality(variant):
     config = VARIANTS[variant]

@@ -233,6 +233,7 @@ def test_resume_continues_a_run_and_refuses_other_data(tmp_path, corpus, capsys)
     assert main([*args, "--out", str(out), "--steps", "6", "--no-progress"]) == 0
     assert main([*args, "--out", str(out), "--steps", "10", "--resume", "--no-progress"]) == 0
     assert read_metrics(out)[-1]["step"] == "10"
+    assert b"\r" not in (out / "metrics.csv").read_bytes()  # one line ending, resumed or not
     other = tmp_path / "other.txt"
     other.write_text(TEXT.replace("fox", "wolf"))
     args[-1] = str(other)

@@ -10,8 +10,9 @@ input columns, which see only zeros at first.
 - LayerNorm: zero-fill would move the mean; instead every writer's new rows are the mean of its
   old rows, so each new coordinate equals the mean of the old ones. The mean is unchanged, the
   variance scales by h/ĥ, and the same gain and eps scaling with new biases 0 is exact.
-- Without a final norm W_U reads the raw stream, so its new columns are zero (an untied W_U);
-  tied to LayerNorm's mean-filled embedding this is not exact.
+- Without a final norm W_U reads the raw stream. Under RMSNorm its new coordinates are zero, so
+  an untied W_U still gets random new columns; under LayerNorm they hold the mean-fill, so an
+  untied W_U's new columns are zero, and tied to the mean-filled embedding it is not exact.
 - Post-norm (BERT) normalizes the residual sum itself: no fill is exact there.
 
 The record's gradient factors are exact except under LayerNorm: the mean-filled coordinates
@@ -99,6 +100,7 @@ def plan_hidden(config: ModelConfig, hidden: int, *, approximate: bool = False) 
             if has_bias:
                 changes[f"{prefix}{part}.bias"] = writer
     if not c.tie_embeddings:
-        changes["lm_head.weight"] = reader if c.final_norm else DimChange(1, index, "zero")
+        reads_zeros = c.final_norm or c.norm == "rms"
+        changes["lm_head.weight"] = reader if reads_zeros else DimChange(1, index, "zero")
     eps = c.norm_eps * c.hidden / hidden
     return Step(c.replace(hidden=hidden, norm_eps=eps), changes, f"hidden {c.hidden}->{hidden}")

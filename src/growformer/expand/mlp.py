@@ -3,7 +3,8 @@
 ``zero``: new up (and gate) rows are random, new down columns zero, so new units add nothing.
 ``tile`` (Net2Net): new unit j copies unit ``j mod p``; every down column is divided by the
 number of copies of its unit, so the copies sum to the old output. Under tiling the up rows'
-gradients shrink by that count while the down columns' gradients are unchanged.
+gradients shrink by that count while the down columns' gradients are unchanged; a copy and its
+original get the same updates, so training alone never tells them apart.
 """
 
 from __future__ import annotations

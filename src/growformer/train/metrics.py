@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from growformer.atomic import atomic_write
 
 METRICS_FILE = "metrics.csv"
 EVENTS_FILE = "events.jsonl"
@@ -38,26 +42,23 @@ class MetricsLog:
         self.path = self.run_dir / METRICS_FILE
         self.events_path = self.run_dir / EVENTS_FILE
         if resume_step is None:
-            self.path.write_text(",".join(COLUMNS) + "\n")
-            self.events_path.write_text("")
+            atomic_write(self.path, _csv_text([], header=True).encode())
+            atomic_write(self.events_path, b"")
         else:
             self._truncate(resume_step)
         self._tensorboard = _tensorboard_writer(self.run_dir)
 
     def _truncate(self, step: int) -> None:
         rows = read_metrics(self.run_dir) if self.path.exists() else []
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS)
-            writer.writeheader()
-            writer.writerows(r for r in rows if int(r["step"]) <= step)
+        kept = [r for r in rows if int(r["step"]) <= step]
+        atomic_write(self.path, _csv_text(kept, header=True).encode())
         events = read_events(self.run_dir) if self.events_path.exists() else []
-        self.events_path.write_text(
-            "".join(json.dumps(e) + "\n" for e in events if e["step"] < step)
-        )
+        kept_events = "".join(json.dumps(e) + "\n" for e in events if e["step"] < step)
+        atomic_write(self.events_path, kept_events.encode())
 
     def row(self, **values: Any) -> None:
         with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, COLUMNS).writerow({k: values.get(k, "") for k in COLUMNS})
+            f.write(_csv_text([{k: values.get(k, "") for k in COLUMNS}]))
         if self._tensorboard is not None:
             for key in ("loss", "val_loss", "lr", "params"):
                 if values.get(key) not in (None, ""):
@@ -70,6 +71,16 @@ class MetricsLog:
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
+
+
+def _csv_text(rows: Iterable[dict[str, Any]], *, header: bool = False) -> str:
+    """``rows`` as CSV lines of ``COLUMNS`` ending in ``\\n`` (the header first if asked)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _tensorboard_writer(run_dir: Path) -> Any:

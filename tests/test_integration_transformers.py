@@ -190,6 +190,33 @@ def test_resume_from_a_checkpoint_continues_at_the_grown_size(tmp_path, saved_at
         assert torch.allclose(a, b, atol=1e-6), name
 
 
+def test_resume_with_an_optimizer_given_to_the_trainer(tmp_path):
+    """The user's optimizer is built on the start-size model; prepare_resume points it at the
+    grown parameters so the checkpoint's state loads into it."""
+    save = {"save_strategy": "steps", "save_steps": 6, "max_steps": 9}
+
+    def trainer(model, out: str) -> ProbeTrainer:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+        return ProbeTrainer(
+            model=model,
+            args=arguments(tmp_path / out, **save),
+            train_dataset=TokenRows(),
+            optimizers=(optimizer, None),
+        )
+
+    whole = trainer(llama(), "out")
+    GrowthCallback(schedule()).attach(whole)
+    whole.train()
+    model = llama()
+    again = trainer(model, "again")
+    growth = GrowthCallback(schedule()).attach(again)
+    again.train(resume_from_checkpoint=growth.prepare_resume(tmp_path / "out" / "checkpoint-6"))
+    held = {id(p) for group in again.optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in model.parameters()}
+    for (name, a), b in zip(whole.model.named_parameters(), model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
 def test_a_toml_run_file_schedule_with_shorter_sequences_first(tmp_path):
     run_file = tmp_path / "run.toml"
     run_file.write_text(
@@ -292,8 +319,11 @@ def test_an_optimizer_whose_state_cannot_be_carried_fails_after_its_first_step(t
         train_dataset=TokenRows(),
     )
     GrowthCallback(schedule()).attach(trainer)
-    with pytest.raises(GrowthCallbackError, match=r"cannot be carried.*exp_avg_sq_row"):
+    with pytest.raises(
+        GrowthCallbackError, match=r"cannot be carried.*exp_avg_sq_row.*state_policy='reset'"
+    ) as error:
         trainer.train()
+    assert "moment_powers" not in str(error.value)  # no callback takes it
     assert trainer.state.global_step == 1
     reset = ProbeTrainer(
         model=llama(),
@@ -303,6 +333,35 @@ def test_an_optimizer_whose_state_cannot_be_carried_fails_after_its_first_step(t
     GrowthCallback(schedule(state_policy="reset")).attach(reset)
     reset.train()
     assert reset.state.global_step == 12
+
+
+def test_gradient_checkpointing_stays_on_through_growth(tmp_path):
+    """The grown layers are built with checkpointing off; they take the live model's."""
+    model = llama()
+    trainer = transformers.Trainer(
+        model=model,
+        args=arguments(tmp_path / "out", gradient_checkpointing=True, max_steps=GROW_AT + 1),
+        train_dataset=TokenRows(),
+    )
+    growth = GrowthCallback(schedule()).attach(trainer)
+    trainer.train()
+    assert len(growth.events) == 1
+    assert model.config.num_hidden_layers == LLAMA_GROWN["n_layers"]
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+
+
+def test_neftune_is_refused(tmp_path):
+    """NEFTune's noise is a hook on the embedding module that growth replaces."""
+    model = llama()
+    trainer = transformers.Trainer(
+        model=model,
+        args=arguments(tmp_path / "out", neftune_noise_alpha=5.0),
+        train_dataset=TokenRows(),
+    )
+    GrowthCallback(schedule()).attach(trainer)
+    with pytest.raises(GrowthCallbackError, match="neftune_noise_alpha"):
+        trainer.train()
+    assert trainer.state.global_step == 0
 
 
 def test_an_optimizer_with_foreign_parameters_is_refused(tmp_path):

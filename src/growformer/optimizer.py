@@ -26,6 +26,17 @@ MOMENT_POWERS: dict[str, int] = {
 }
 STATE_POLICIES = ("transform", "reset")
 
+
+class UncarriableStateError(ValueError):
+    """Optimizer state that no moment transform fits. ``problem`` says what is wrong without
+    the advice (``moment_powers`` or the ``reset`` policy) that ``str()`` adds, for callers whose
+    users reach those options by another name."""
+
+    def __init__(self, problem: str, advice: str) -> None:
+        super().__init__(f"{problem}; {advice}")
+        self.problem = problem
+
+
 # (old tensors by parameter name, power) -> new tensors by parameter name
 MomentCarrier = Callable[[Mapping[str, Tensor], int], dict[str, Tensor]]
 
@@ -157,8 +168,8 @@ def _moment_powers(
     moment_powers: Mapping[str, int] | None,
 ) -> dict[str, int]:
     """The state keys of ``params`` that hold moments, with their powers (``MOMENT_POWERS``
-    updated by ``moment_powers``); ``ValueError`` for a per-parameter tensor with no known power
-    or not shaped like its parameter."""
+    updated by ``moment_powers``); ``UncarriableStateError`` for a per-parameter tensor with no
+    known power or not shaped like its parameter."""
     powers = {**MOMENT_POWERS, **(moment_powers or {})}
     keys: dict[str, int] = {}
     for name, param in params.items():
@@ -166,16 +177,16 @@ def _moment_powers(
             if not _is_moment(value):
                 continue
             if value.shape != param.shape:
-                raise ValueError(
+                raise UncarriableStateError(
                     f"optimizer state {key!r} of {name} has shape {tuple(value.shape)}, not its "
-                    f"parameter's {tuple(param.shape)}: no moment transform applies; use the "
-                    "'reset' state policy"
+                    f"parameter's {tuple(param.shape)}: no moment transform applies",
+                    "use the 'reset' state policy",
                 )
             if key not in powers:
-                raise ValueError(
+                raise UncarriableStateError(
                     f"optimizer state {key!r} of {name} has no known transform (known: "
-                    f"{sorted(powers)}); pass moment_powers={{{key!r}: 1 or 2}} or use the "
-                    "'reset' state policy"
+                    f"{sorted(powers)})",
+                    f"pass moment_powers={{{key!r}: 1 or 2}} or use the 'reset' state policy",
                 )
             keys[key] = powers[key]
     return keys

@@ -8,10 +8,12 @@ stage of a checkpoint before the framework loads the checkpoint's weights into i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
 
+import torch
 from torch import nn
 
 from growformer.config import ModelConfig
@@ -26,7 +28,7 @@ from growformer.integrations.plan import (
     check_source,
     plan,
 )
-from growformer.optimizer import check_carriable
+from growformer.optimizer import UncarriableStateError, check_carriable
 from growformer.train.schedule import Stage
 
 log = logging.getLogger("growformer.integrations")
@@ -55,16 +57,24 @@ class GrowthDriver:
         """The training sequence length of the current stage."""
         return self._plan().stages[self.stage].seq_len
 
-    def catch_up(self, model: nn.Module, steps: int, step: int) -> None:
+    def catch_up(
+        self,
+        model: nn.Module,
+        steps: int,
+        step: int,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
         """Grow ``model``, built at the schedule's start size, to the stage it is at before
-        step ``step`` (no optimizer: the weights are about to be replaced by a checkpoint's)."""
+        step ``step``; its weights (and the state of ``optimizer``, an optimizer already built
+        on the start-size model, which is pointed at the grown parameters) are about to be
+        replaced by a checkpoint's."""
         config = live.model_config(model)
         growth = plan(self.source, config, steps)
         check_sizes(config, growth.sizes[0], "at the schedule's start size")
         for stage in growth.stages[1 : growth.applied(step) + 1]:
             if growth.sizes[stage.index] != growth.sizes[stage.index - 1]:
                 assert stage.event is not None
-                live.grow_(model, None, stage.event)
+                live.grow_(model, optimizer, dataclasses.replace(stage.event, state_policy="reset"))
 
     def start(
         self,
@@ -164,10 +174,12 @@ class GrowthDriver:
         if any(event.state_policy == "transform" for event in later):
             try:
                 check_carriable(torch_optimizer, dict(model.named_parameters()))
-            except ValueError as error:
+            except UncarriableStateError as error:
                 raise GrowthCallbackError(
                     f"the optimizer's state cannot be carried through the schedule's growth: "
-                    f"{error}"
+                    f"{error.problem}; give the growth events state_policy='reset' (a "
+                    "GrowthEvent's field, or state_policy = \"reset\" in a run file's growth "
+                    "entries) to drop it at each growth"
                 ) from None
 
     def finish(self) -> None:

@@ -6,8 +6,12 @@ length is applied where the batch meets the model: a forward pre-hook folds each
 of ``L`` tokens into ``L / seq_len`` rows of ``seq_len`` (the tokens per step are unchanged, as
 in growformer's trainer). ``input_ids``, ``labels``, ``shift_labels`` and ``attention_mask``
 are folded together; ``num_items_in_batch`` (the transformers Trainer's loss normalizer) is
-scaled to the targets left after the per-row label shift. Forward passes in eval mode, and
-rows not longer than the stage length, are left as they are.
+scaled to the targets left after the per-row label shift. The hook sees one micro-batch, so
+it scales the accumulation window's count by that micro-batch's own fraction: exact without
+padding (every row loses the same share) or without accumulation; with padded labels and
+accumulation, micro-batches' weights differ from exact by the spread of their fractions
+(1.8e-4 of the loss measured on a padded example). Forward passes in eval mode, and rows not
+longer than the stage length, are left as they are.
 """
 
 from __future__ import annotations

@@ -73,8 +73,9 @@ def grow_(
 ) -> None:
     """Grow ``model`` in place by ``event`` and rewrite ``optimizer`` (the torch optimizer, not
     a wrapper) to match, between two steps. All parameters become new ``Parameter`` objects
-    (``requires_grad`` follows their source); hooks on replaced submodules do not carry over.
-    On an error (an optimizer state with no known transform) the model is unchanged."""
+    (``requires_grad`` follows their source); gradient checkpointing stays on when it was (on
+    every checkpointable layer); hooks on replaced submodules do not carry over. On an error
+    (an optimizer state with no known transform) the model is unchanged."""
     source = canonical_view(model)
     family, prefix = source.family, source.source.prefix
     with torch.no_grad():
@@ -96,6 +97,7 @@ def grow_(
         param.requires_grad_(old[sources[name]].requires_grad)
     if optimizer is not None:
         carry_state_(optimizer, old, new, sources, mapping.carry, policy=event.state_policy)
+    _carry_gradient_checkpointing(model, grown)
     _adopt(model, grown)
 
 
@@ -120,6 +122,23 @@ def _build(
         )
     grown.train(model.training)
     return grown
+
+
+def _carry_gradient_checkpointing(model: nn.Module, grown: nn.Module) -> None:
+    """transformers' gradient checkpointing is a ``gradient_checkpointing`` flag and a
+    ``_gradient_checkpointing_func`` on each checkpointable module; the grown model's modules,
+    built with it off, take the live model's function and are all switched on when any live one
+    is (an ``every_n_layers`` pattern becomes every layer: more recomputation, never more
+    memory)."""
+    live = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+    if not live:
+        return
+    function = getattr(live[0], "_gradient_checkpointing_func", None)
+    for module in grown.modules():
+        if hasattr(module, "gradient_checkpointing"):
+            if function is not None:
+                module._gradient_checkpointing_func = function
+            module.gradient_checkpointing = True
 
 
 def _adopt(model: nn.Module, grown: nn.Module) -> None:

@@ -30,6 +30,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from growformer.integrations.ddp import rewrap_
 from growformer.integrations.driver import DrivenCallback, GrowthDriver
+from growformer.integrations.optim import unwrap_optimizer
 from growformer.integrations.plan import GrowthCallbackError, ScheduleSource
 
 __all__ = ["GrowthCallback", "GrowthCallbackError"]
@@ -68,7 +69,8 @@ class GrowthCallback(DrivenCallback, TrainerCallback):
         """Grow the Trainer's start-size model to the stage of ``checkpoint`` (a checkpoint
         folder, or True for the last one in ``args.output_dir``) and return the folder, for
         ``trainer.train(resume_from_checkpoint=...)``. Call it before ``train``: the Trainer
-        loads the checkpoint's weights before any callback runs."""
+        loads the checkpoint's weights before any callback runs. An optimizer given to the
+        Trainer is pointed at the grown parameters (its state comes from the checkpoint)."""
         trainer = self._trainer()
         if checkpoint is True:
             found = get_last_checkpoint(trainer.args.output_dir)
@@ -77,13 +79,19 @@ class GrowthCallback(DrivenCallback, TrainerCallback):
             checkpoint = found
         path = os.fspath(checkpoint)
         state = TrainerState.load_from_json(os.path.join(path, TRAINER_STATE_NAME))
-        self.driver.catch_up(trainer.model, state.max_steps, state.global_step)
+        optimizer = unwrap_optimizer(trainer.optimizer) if trainer.optimizer else None
+        self.driver.catch_up(trainer.model, state.max_steps, state.global_step, optimizer)
         return path
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         trainer = self._trainer()
+        if args.neftune_noise_alpha is not None:
+            raise GrowthCallbackError(
+                "neftune_noise_alpha: NEFTune's noise is a hook on the input embedding, which "
+                "growth replaces, so the noise would stop at the first growth; unset it"
+            )
         wrapper = trainer.model_wrapped
         bare = wrapper is trainer.model
         if not bare and not (

@@ -128,6 +128,17 @@ def test_grow_bad_targets_fail_clearly_and_write_nothing(
     assert not dst.exists()
 
 
+def test_a_destination_around_or_inside_the_source_is_refused(
+    src: Path, tmp_path: Path, capsys
+) -> None:
+    """--overwrite of a folder holding the source would delete the source."""
+    assert cli("grow", src, src.parent, "--ffn", "96", "--overwrite") == 2
+    assert "a folder holding the source" in capsys.readouterr().err
+    assert cli("grow", src, src / "inner", "--ffn", "96") == 2
+    assert "inside the source" in capsys.readouterr().err
+    assert load_model(src).config.ffn == 64 and not (src / "inner").exists()
+
+
 def test_smaller_target_points_to_shrinking(src: Path, tmp_path: Path, capsys) -> None:
     assert cli("grow", src, tmp_path / "dst", "--ffn", "32") == 2
     assert "shrink" in capsys.readouterr().err
@@ -254,7 +265,12 @@ def test_config_with_missing_fields_is_refused(src: Path, tmp_path: Path, capsys
 
 
 @pytest.mark.parametrize(
-    "dtypes", [{"tok_emb.weight": torch.int64}, {"tok_emb.weight": torch.float16}]
+    "dtypes",
+    [
+        {"tok_emb.weight": torch.int64},
+        {"tok_emb.weight": torch.float16},
+        {"tok_emb.weight": torch.float8_e4m3fn},
+    ],
 )
 def test_weights_of_a_wrong_or_mixed_dtype_fail_clearly(
     src: Path, tmp_path: Path, capsys, dtypes: dict[str, torch.dtype]
@@ -269,7 +285,7 @@ def test_weights_of_a_wrong_or_mixed_dtype_fail_clearly(
     save_file(state, odd / "model.safetensors")
     assert cli("grow", odd, tmp_path / "out", "--ffn", "96", "--check") == 2
     err = capsys.readouterr().err
-    assert "one floating-point dtype" in err and "tok_emb.weight" in err
+    assert "one dtype of float32, float64, bfloat16, float16" in err and "tok_emb.weight" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -184,6 +184,15 @@ def test_demo_trains_both_schedules_and_keeps_existing_runs(tmp_path, corpus, ca
     assert (out / "compound" / "notes.txt").read_text() == "mine"
     assert main([*args, "--overwrite"]) == 0
     assert not (out / "compound" / "notes.txt").exists()
+    capsys.readouterr()
+    assert main(args) == 2  # its own table and plot are not replaced without --overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
+    (out / "model.safetensors").write_text("not the demo's")
+    assert main([*args, "--overwrite"]) == 2
+    assert "holds other files (model.safetensors)" in capsys.readouterr().err
+    run_dir = out / "scratch"
+    assert main(["plot", str(run_dir), "--out", str(run_dir)]) == 2  # a folder, not a file
+    assert not list(out.glob(".*tmp*"))
     assert main(["demo", "--out", str(tmp_path / "zero"), "--steps", "0"]) == 2
     assert "steps" in capsys.readouterr().err
     (tmp_path / "afile").write_text("x")

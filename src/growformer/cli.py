@@ -165,7 +165,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_grow(args: argparse.Namespace) -> int:
-    check_destination(args.dst, args.overwrite)
+    check_destination(args.dst, args.overwrite, source=args.src)
     if args.tol is not None and not args.check:
         raise UsageError("--tol is the tolerance of --check: pass --check too")
     options = GrowthOptions(

@@ -28,6 +28,9 @@ from torch import Tensor, nn
 
 from growformer.config import ModelConfig
 
+# The weight dtypes a model computes in (growth draws normals in them; float8 cannot).
+WEIGHT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
 
 class Norm(nn.Module):
     """RMSNorm (gain only) or LayerNorm (gain and bias); low-precision inputs compute in float32."""
@@ -239,11 +242,12 @@ def model_from_state(config: ModelConfig, state: dict[str, Tensor]) -> Transform
     by_dtype: dict[torch.dtype, list[str]] = {}
     for name, tensor in state.items():
         by_dtype.setdefault(tensor.dtype, []).append(name)
-    if len(by_dtype) > 1 or not next(iter(by_dtype)).is_floating_point:
+    if len(by_dtype) > 1 or next(iter(by_dtype)) not in WEIGHT_DTYPES:
         found = "; ".join(
             f"{str(dtype).removeprefix('torch.')} ({len(names)}, e.g. {names[0]})"
             for dtype, names in by_dtype.items()
         )
-        raise ValueError(f"weights must share one floating-point dtype; got {found}")
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in WEIGHT_DTYPES)
+        raise ValueError(f"weights must share one dtype of {allowed}; got {found}")
     model.load_state_dict(state, assign=True)
     return model

@@ -32,9 +32,18 @@ class CheckpointError(ValueError):
     """A model folder that is missing, unreadable or inconsistent; the message names the file."""
 
 
-def check_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse an existing non-empty destination unless ``overwrite``; call before any work."""
+def check_destination(
+    path: str | os.PathLike, overwrite: bool = False, source: str | os.PathLike | None = None
+) -> Path:
+    """Refuse an existing non-empty destination unless ``overwrite``, and one inside the folder
+    ``source`` or holding it (replacing it would delete the source); call before any work. The
+    source itself may be the destination: it is read before it is replaced."""
     path = Path(path)
+    if source is not None:
+        src, dst = Path(source).resolve(), path.resolve()
+        if src != dst and (src in dst.parents or dst in src.parents):
+            where = "inside the source" if src in dst.parents else "a folder holding the source"
+            raise CheckpointError(f"destination {path} is {where} {source}; choose another")
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"destination {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not overwrite:

@@ -271,7 +271,7 @@ def grow_folder(
 
         grow_folder("gpt2-small", "gpt2-wide", {"ffn": 4096, "n_layers": 16})
     """
-    check_destination(dst, overwrite)
+    check_destination(dst, overwrite, source=src)
     source = read_folder(src)
     grown = grow_storable(source, target, options)
     write_folder(grown, dst, like=src, overwrite=overwrite)

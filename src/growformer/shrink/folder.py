@@ -79,7 +79,7 @@ def shrink_folder(
         shrink_folder("all-MiniLM-L6-v2", "mini-3x192",
                       {"n_layers": 3, "hidden": 192, "n_heads": 6, "ffn": 768})
     """
-    check_destination(dst, overwrite)
+    check_destination(dst, overwrite, source=src)
     hugging_face = is_hf_folder(src)
     canonical = read_folder(src) if hugging_face else None
     config = canonical.config if canonical is not None else load_config(src)

@@ -285,6 +285,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise TrainConfigError(f"--out {out} exists and is not a folder")
     for name in DEMO_SCHEDULES:
         check_run_dir(out / name, args.overwrite, resumable=False)
+    foreign = sorted(
+        p.name for p in out.glob("*") if p.name not in (*DEMO_SCHEDULES, "loss.png", "table.md")
+    )
+    if foreign:
+        raise TrainConfigError(
+            f"--out {out} holds other files ({', '.join(foreign[:3])}): choose an empty or a "
+            "demo folder"
+        )
+    if not args.overwrite and any((out / name).exists() for name in ("loss.png", "table.md")):
+        raise TrainConfigError(f"--out {out} has a demo's table and plot: pass --overwrite")
     dataset = load_run_data(specs["scratch"])
     summaries = []
     for name, spec in specs.items():

@@ -265,6 +265,17 @@ def test_config_with_missing_fields_is_refused(src: Path, tmp_path: Path, capsys
 
 
 @pytest.mark.parametrize(
+    "text", ["[" * 100_000, '{"n_layers": 1' + "0" * 5000 + "}"], ids=["deep", "long-int"]
+)
+def test_a_config_json_python_cannot_parse_fails_clearly(tmp_path: Path, capsys, text: str) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "config.json").write_text(text)
+    assert cli("info", folder) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     "dtypes",
     [
         {"tok_emb.weight": torch.int64},

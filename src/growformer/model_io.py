@@ -109,7 +109,7 @@ def read_config_json(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{config_path} is missing: a model folder needs {CONFIG_FILE}")
     try:
         data = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:
         raise CheckpointError(f"{config_path} is not valid JSON: {err}") from err
     if not isinstance(data, dict):
         raise CheckpointError(f"{config_path} must hold a JSON object")

@@ -95,7 +95,7 @@ def _jsonl_documents(path: Path, name: str, text_field: str) -> list[Document]:
             continue
         try:
             record = json.loads(line)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise DataError(f"{path}:{number}: not valid JSON ({e})") from e
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: each line must be a JSON object with {text_field!r}")

@@ -61,7 +61,7 @@ def is_hf_folder(path: str | os.PathLike) -> bool:
         return False
     try:
         data = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return False
     return isinstance(data, dict) and data.get("model_type") != MODEL_TYPE
 
@@ -111,7 +111,7 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        except (ValueError, RecursionError, KeyError, TypeError) as err:
             raise CheckpointError(f"{index} is not a valid index (no weight_map): {err}") from err
         if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
@@ -230,7 +230,7 @@ def _fit_tokenizer_length(path: Path, source_len: int, max_seq_len: int) -> None
         return
     try:
         settings = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:
         raise CheckpointError(f"the source's {path.name} is not valid JSON: {err}") from err
     length = settings.get("model_max_length") if isinstance(settings, dict) else None
     if isinstance(length, int | float) and max_seq_len < length <= source_len:

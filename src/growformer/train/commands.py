@@ -247,7 +247,7 @@ def check_same_data(run_dir: Path, dataset: Dataset) -> None:
         return
     try:
         recorded = json.loads(path.read_text())
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise TrainConfigError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(recorded, dict) or not all(
         isinstance(recorded.get(key), str) for key in ("source", "fingerprint")

@@ -179,7 +179,7 @@ def load_run_dir(run_dir: str | Path) -> RunSpec:
             data["vocab_size"],
             data.get("text_field", DEFAULT_TEXT_FIELD),
         )
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as error:
         raise TrainConfigError(
             f"{run_dir}: not a growformer run folder with {RUN_FILE} and {DATA_FILE} ({error})"
         ) from None

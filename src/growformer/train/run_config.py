@@ -26,6 +26,7 @@ TOML layout (every table optional; a preset supplies what is left out)::
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -147,7 +148,7 @@ def load_run_file(path: str | Path, train_overrides: Mapping[str, Any] | None = 
             f"--config {path}: unknown key(s) {unknown}; allowed: {', '.join(_RUN_FILE_KEYS)}"
         )
     name = data.get("preset", "small")
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise TrainConfigError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
     train = data.get("train", {})
     if not isinstance(train, Mapping):
@@ -231,7 +232,7 @@ def _event(table: dict[str, Any], train: TrainConfig, index: int) -> GrowthEvent
         raise TrainConfigError(f"{where}: give exactly one of at (fraction), step or tokens")
     anchor = table.pop(anchors[0])
     number = isinstance(anchor, int | float) and not isinstance(anchor, bool)
-    if anchors[0] == "at" and not number:
+    if anchors[0] == "at" and not (number and math.isfinite(anchor)):
         raise TrainConfigError(f"{where}: at must be a fraction of the steps, got {anchor!r}")
     if anchors[0] != "at" and not (number and isinstance(anchor, int)):
         raise TrainConfigError(f"{where}: {anchors[0]} must be an integer, got {anchor!r}")

@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from growformer.atomic import atomic_write
 from growformer.config import SIZE_FIELDS, ModelConfig
 from growformer.train.checkpoint import CHECKPOINTS, latest_checkpoint, read_position
 from growformer.train.commands import (
@@ -137,7 +138,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     schedule, target = branch_schedule(spec.schedule, spec.target, chosen.event)
     branch = dataclasses.replace(spec, target=target, schedule=schedule)
     result = run_training(branch, out, dataset=dataset, resume=checkpoint)
-    (out / SELECT_REPORT).write_text(report + "\n")
+    atomic_write(out / SELECT_REPORT, (report + "\n").encode())
     print(
         f"{chosen.name}: {result.steps} steps, final val loss {result.final_val_loss:.4f} → {out}"
     )

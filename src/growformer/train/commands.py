@@ -32,6 +32,7 @@ from growformer.train.trainer import RunResult, Trainer
 
 TOKENIZER_FILE = "tokenizer.json"
 DEMO_SCHEDULES = ("scratch", "compound")
+DEMO_PLOT, DEMO_TABLE = "loss.png", "table.md"  # what demo writes beside the runs
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -110,8 +111,9 @@ def _described_spec(
                 "--preset, --data and --text-field go in the --config file, not beside it"
             )
         return load_run_file(args.config, train_overrides=train)
+    sized_by_run = recorded is not None and not args.preset
     model = None
-    if recorded is not None and not args.preset:
+    if sized_by_run:
         model = recorded.target.to_dict()
         train = {**recorded.train.to_dict(), **train}
     spec = run_spec(
@@ -122,7 +124,7 @@ def _described_spec(
         data=args.data,
         text_field=DEFAULT_TEXT_FIELD if args.text_field is None else args.text_field,
     )
-    if recorded is not None and not args.preset:
+    if sized_by_run:
         spec = replace(spec, vocab_size=recorded.vocab_size)
     if recorded is not None and not args.schedule:
         spec = replace(spec, schedule=recorded.schedule)
@@ -286,14 +288,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for name in DEMO_SCHEDULES:
         check_run_dir(out / name, args.overwrite, resumable=False)
     foreign = sorted(
-        p.name for p in out.glob("*") if p.name not in (*DEMO_SCHEDULES, "loss.png", "table.md")
+        p.name for p in out.glob("*") if p.name not in (*DEMO_SCHEDULES, DEMO_PLOT, DEMO_TABLE)
     )
     if foreign:
         raise TrainConfigError(
             f"--out {out} holds other files ({', '.join(foreign[:3])}): choose an empty or a "
             "demo folder"
         )
-    if not args.overwrite and any((out / name).exists() for name in ("loss.png", "table.md")):
+    if not args.overwrite and any((out / name).exists() for name in (DEMO_PLOT, DEMO_TABLE)):
         raise TrainConfigError(f"--out {out} has a demo's table and plot: pass --overwrite")
     dataset = load_run_data(specs["scratch"])
     summaries = []
@@ -302,8 +304,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         run_training(spec, out / name, dataset=dataset, overwrite=args.overwrite)
         summaries.append(summarize(out / name))
     table = speedup_table(summaries[0], summaries[1:])
-    plot = plot_runs([out / name for name in DEMO_SCHEDULES], out / "loss.png")
-    atomic_write(out / "table.md", (table + "\n").encode())
+    plot = plot_runs([out / name for name in DEMO_SCHEDULES], out / DEMO_PLOT)
+    atomic_write(out / DEMO_TABLE, (table + "\n").encode())
     print(table)
     print(f"plot: {plot}")
     return 0

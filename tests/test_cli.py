@@ -300,6 +300,23 @@ def test_weights_of_a_wrong_or_mixed_dtype_fail_clearly(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float8_e4m3fn])
+def test_verify_in_another_dtype_refuses_weights_it_would_cast(
+    src: Path, tmp_path: Path, capsys, dtype: torch.dtype
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text((src / "config.json").read_text())
+    state = load_file(src / "model.safetensors")
+    state["tok_emb.weight"] = state["tok_emb.weight"].to(dtype)
+    save_file(state, odd / "model.safetensors")
+    assert cli("verify", odd, src, "--dtype", "float64") == 2
+    err = capsys.readouterr().err
+    assert "must be of float32, float64, bfloat16, float16" in err and "tok_emb.weight" in err
+
+
 @pytest.mark.parametrize("tol", ["nan", "inf", "-1", "0", "x"])
 def test_tolerance_must_be_a_finite_positive_number(src: Path, tol: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:

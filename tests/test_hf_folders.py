@@ -209,7 +209,40 @@ def _legacy_scaling_beside_rope_parameters(folder: Path) -> None:
     )
 
 
+def _integer_weights(folder: Path) -> None:
+    weights = load_file(folder / "model.safetensors")
+    save_file({n: t.to(torch.int32) for n, t in weights.items()}, folder / "model.safetensors")
+
+
 BAD_FOLDERS = {
+    "model_type_not_a_string": (
+        lambda folder: _edit_config(folder, model_type=["llama"]),
+        "model_type ['llama'] is not supported",
+    ),
+    "rope_theta_a_string": (
+        lambda folder: _edit_config(folder, rope_parameters=None, rope_theta="big"),
+        "rope_theta must be a finite number; got 'big'",
+    ),
+    "rope_parameters_theta_a_string": (
+        lambda folder: _edit_config(folder, rope_parameters={"rope_theta": "1e4"}),
+        "rope_parameters.rope_theta must be a finite number; got '1e4'",
+    ),
+    "tie_a_string": (
+        lambda folder: _edit_config(folder, tie_word_embeddings="no"),
+        "tie_word_embeddings must be true or false; got 'no'",
+    ),
+    "attention_bias_a_string": (
+        lambda folder: _edit_config(folder, attention_bias="false"),
+        "attention_bias must be true or false; got 'false'",
+    ),
+    "zero_kv_heads": (
+        lambda folder: _edit_config(folder, num_key_value_heads=0),
+        "n_kv_heads must be an integer in [1, 2147483647], got 0",
+    ),
+    "integer_weights": (
+        _integer_weights,
+        "weights must be of float32, float64, bfloat16, float16; got int32",
+    ),
     "unknown_model_type": (
         _unknown_model_type,
         "model_type 't5' is not supported; supported: gpt2, llama, qwen2, mistral, bert",
@@ -235,6 +268,29 @@ def test_bad_folders_fail_clearly_and_write_nothing(
     assert message in capsys.readouterr().err
     assert not dst.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".dst")] == []
+
+
+def test_a_fused_qkv_of_the_wrong_width_is_named_before_it_is_split(tmp_path: Path, capsys) -> None:
+    folder = saved(gpt2(), tmp_path / "gpt2")
+    weights = load_file(folder / "model.safetensors")
+    name = "transformer.h.0.attn.c_attn.weight"
+    weights[name] = weights[name][:, 1:].contiguous()
+    save_file(weights, folder / "model.safetensors")
+    assert cli("grow", folder, tmp_path / "dst", "--ffn", "64") == 2
+    assert f"{name} has shape (32, 95), config.json needs (32, 96)" in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("command", ["verify", "shrink"])
+def test_integer_weights_fail_by_name_in_verify_and_shrink(
+    src: Path, tmp_path: Path, capsys, command: str
+) -> None:
+    bad = _copy(src, tmp_path / "bad")
+    _integer_weights(bad)
+    args = [src] if command == "verify" else [tmp_path / "dst", "--ffn", "32"]
+    assert cli(command, bad, *args) == 2
+    assert "weights must be of float32, float64, bfloat16, float16" in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()
 
 
 def test_missing_shard_fails_clearly(tmp_path: Path, capsys) -> None:

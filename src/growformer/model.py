@@ -20,7 +20,7 @@ Parameter names (the contract every expansion and adapter relies on)::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,26 @@ from growformer.config import ModelConfig
 
 # The weight dtypes a model computes in (growth draws normals in them; float8 cannot).
 WEIGHT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_weight_dtypes(state: Mapping[str, Tensor], *, one: bool = False) -> None:
+    """Raise ``ValueError`` unless every weight has one of ``WEIGHT_DTYPES`` (and, with
+    ``one``, all the same); the message counts each dtype found and names one weight of it."""
+    by_dtype: dict[torch.dtype, list[str]] = {}
+    for name, tensor in state.items():
+        by_dtype.setdefault(tensor.dtype, []).append(name)
+    if set(by_dtype) <= set(WEIGHT_DTYPES) and not (one and len(by_dtype) > 1):
+        return
+    found = "; ".join(
+        f"{_dtype_name(dtype)} ({len(names)}, e.g. {names[0]})" for dtype, names in by_dtype.items()
+    )
+    allowed = ", ".join(_dtype_name(d) for d in WEIGHT_DTYPES)
+    share = "share one dtype of" if one else "be of"
+    raise ValueError(f"weights must {share} {allowed}; got {found}")
 
 
 class Norm(nn.Module):
@@ -239,15 +259,6 @@ def model_from_state(config: ModelConfig, state: dict[str, Tensor]) -> Transform
                 f"weight {name} has shape {tuple(state[name].shape)}, "
                 f"the config needs {tuple(shape)}"
             )
-    by_dtype: dict[torch.dtype, list[str]] = {}
-    for name, tensor in state.items():
-        by_dtype.setdefault(tensor.dtype, []).append(name)
-    if len(by_dtype) > 1 or next(iter(by_dtype)) not in WEIGHT_DTYPES:
-        found = "; ".join(
-            f"{str(dtype).removeprefix('torch.')} ({len(names)}, e.g. {names[0]})"
-            for dtype, names in by_dtype.items()
-        )
-        allowed = ", ".join(str(d).removeprefix("torch.") for d in WEIGHT_DTYPES)
-        raise ValueError(f"weights must share one dtype of {allowed}; got {found}")
+    check_weight_dtypes(state, one=True)
     model.load_state_dict(state, assign=True)
     return model

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from growformer.atomic import current_umask
 from growformer.config import ConfigError, ModelConfig
-from growformer.model import Transformer, model_from_state
+from growformer.model import Transformer, check_weight_dtypes, model_from_state
 
 MODEL_TYPE = "growformer"
 CONFIG_FILE = "config.json"
@@ -142,11 +142,14 @@ def load_model(
     try:
         with safe_open(str(weights), framework="pt", device=device) as f:
             for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
-                tensor = f.get_tensor(name)
-                state[name] = tensor.to(dtype) if dtype is not None else tensor
+                state[name] = f.get_tensor(name)
     except (SafetensorError, OSError, RuntimeError) as err:
         raise CheckpointError(f"{weights} is not a readable safetensors file: {err}") from err
     try:
+        if dtype is not None:
+            check_weight_dtypes(state)
+            for name, tensor in state.items():
+                state[name] = tensor.to(dtype)
         return model_from_state(config, state)
     except (KeyError, ValueError) as err:
         reason = err.args[0] if isinstance(err, KeyError) and err.args else err

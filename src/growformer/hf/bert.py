@@ -39,6 +39,7 @@ from growformer.hf.family import (
     Source,
     canonical_config,
     check_setting,
+    flag,
     renames,
     require,
     sizes_from_hf,
@@ -183,7 +184,7 @@ class Bert(Family):
             attn_out_bias=True,
             mlp_bias=True,
             tie_embeddings=True,
-            causal=bool(hf.get("is_decoder", False)),
+            causal=flag(hf, "is_decoder", name, False),
             init_std=hf.get("initializer_range", 0.02),
         )
 
@@ -215,7 +216,7 @@ class Bert(Family):
         return out
 
     def ties(self, hf: Mapping[str, Any], prefix: str) -> dict[str, str]:
-        if not hf.get("tie_word_embeddings", self.tied_by_default):
+        if not flag(hf, "tie_word_embeddings", self.model_type, self.tied_by_default):
             return {}
         return {
             "cls.predictions.decoder.weight": prefix + self.embedding,

@@ -20,6 +20,7 @@ causal-mask ``attn.bias``, old ``rotary_emb.inv_freq``) are dropped.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,7 +33,7 @@ from torch import Tensor
 from growformer.config import ConfigError, ModelConfig
 from growformer.expand import GrowthOptions, expand_state, resolve_target
 from growformer.expand._ops import DimChange, Rng, grow_tensor, prefix_index
-from growformer.model import Transformer, model_from_state
+from growformer.model import Transformer, check_weight_dtypes, model_from_state
 from growformer.model_io import CheckpointError
 from growformer.resize import ResizeRecord
 
@@ -216,7 +217,7 @@ class Family(ABC):
 
     def ties(self, hf: Mapping[str, Any], prefix: str) -> dict[str, str]:
         """Tied names: duplicate → the name of the tensor it is tied to."""
-        if hf.get("tie_word_embeddings", self.tied_by_default):
+        if flag(hf, "tie_word_embeddings", self.model_type, self.tied_by_default):
             return {"lm_head.weight": prefix + self.embedding}
         return {}
 
@@ -283,6 +284,8 @@ class Family(ABC):
             config = config.replace(tie_embeddings=True)
         ties = self.ties(hf_config, prefix)
         by_name = {hf: (names, rule) for hf, names, rule in self.rules(config, prefix)}
+        with torch.device("meta"):
+            expected = {n: tuple(p.shape) for n, p in Transformer(config).named_parameters()}
         state: dict[str, Tensor] = {}
         extras: dict[str, Tensor] = {}
         duplicates: list[str] = []
@@ -292,6 +295,7 @@ class Family(ABC):
                 duplicates.append(name)
             elif name in by_name:
                 names, rule = by_name[name]
+                _check_joined_shape(name, tensor, names, rule, config, expected)
                 state.update(zip(names, rule.split(tensor, config), strict=True))
             elif self.is_extra(name, prefix):
                 extras[name] = tensor
@@ -308,7 +312,11 @@ class Family(ABC):
         source = Source(self, dict(hf_config), prefix, tuple(duplicates), headless=headless)
         kept = self.after_read(config, state, extras, source)
         source = dataclasses.replace(source, kept=kept)
-        self._check_weights(config, state, by_name, unexpected)
+        self._check_weights(state, expected, by_name, unexpected)
+        try:
+            check_weight_dtypes(state)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from err
         return Canonical(config, _one_float_dtype(state), extras, source)
 
     def to_hf(self, canonical: Canonical) -> dict[str, Tensor]:
@@ -359,13 +367,11 @@ class Family(ABC):
 
     def _check_weights(
         self,
-        config: ModelConfig,
         state: Mapping[str, Tensor],
+        expected: Mapping[str, tuple[int, ...]],
         by_name: Mapping[str, tuple[tuple[str, ...], Rule]],
         unexpected: list[str],
     ) -> None:
-        with torch.device("meta"):
-            expected = {n: tuple(p.shape) for n, p in Transformer(config).named_parameters()}
         hf_of = {c: hf for hf, (names, _) in by_name.items() for c in names}
         missing = sorted(hf_of.get(n, n) for n in expected if n not in state)
         unexpected = sorted(unexpected + [hf_of[n] for n in state if n not in expected])
@@ -380,6 +386,24 @@ class Family(ABC):
                     f"{hf_of.get(name, name)} holds {name} of shape {tuple(state[name].shape)}, "
                     f"config.json needs {shape}"
                 )
+
+
+def _check_joined_shape(
+    name: str,
+    tensor: Tensor,
+    names: tuple[str, ...],
+    rule: Rule,
+    config: ModelConfig,
+    expected: Mapping[str, tuple[int, ...]],
+) -> None:
+    """Before a rule that splits (GPT-2's fused Q/K/V) cuts ``tensor``: ``CheckpointError``
+    unless it has the shape that joining the canonical weights of ``config`` gives."""
+    if rule.split is _same or not all(n in expected for n in names):
+        return
+    with torch.device("meta"):
+        needed = tuple(rule.join(tuple(torch.empty(expected[n]) for n in names), config).shape)
+    if tuple(tensor.shape) != needed:
+        raise CheckpointError(f"{name} has shape {tuple(tensor.shape)}, config.json needs {needed}")
 
 
 # -- helpers for the config mappings ---------------------------------------------------------------
@@ -413,6 +437,27 @@ def require(hf: Mapping[str, Any], key: str, family: str) -> Any:
     if value is _MISSING or value is None:
         raise FormatError(f"{family} config.json lacks {key!r}")
     return value
+
+
+def flag(hf: Mapping[str, Any], key: str, family: str, default: bool) -> bool:
+    """The boolean setting ``hf[key]`` (``default`` when absent or null); ``FormatError``
+    unless it is a JSON boolean (a string such as ``"no"`` would read as true)."""
+    value = hf.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise FormatError(f"{family} config.json: {key} must be true or false; got {value!r}")
+    return value
+
+
+def number(value: Any, key: str, family: str, default: float) -> float:
+    """The numeric setting ``value``, read from config.json's ``key`` (``default`` when absent
+    or null); ``FormatError`` unless it is a finite JSON number."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise FormatError(f"{family} config.json: {key} must be a finite number; got {value!r}")
+    return float(value)
 
 
 def check_setting(family: str, key: str, value: Any, allowed: tuple[Any, ...]) -> None:

@@ -30,6 +30,7 @@ from growformer.hf.family import (
     Rule,
     canonical_config,
     check_setting,
+    flag,
     renames,
     require,
     sizes_from_hf,
@@ -146,7 +147,7 @@ class GPT2(Family):
             attn_bias=True,
             attn_out_bias=True,
             mlp_bias=True,
-            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            tie_embeddings=flag(hf, "tie_word_embeddings", name, True),
             init_std=hf.get("initializer_range", 0.02),
         )
 

@@ -33,6 +33,8 @@ from growformer.hf.family import (
     FormatError,
     canonical_config,
     check_setting,
+    flag,
+    number,
     renames,
     require,
     sizes_from_hf,
@@ -87,7 +89,8 @@ def rope_parameters(hf: Mapping[str, Any], family: str) -> dict[str, Any]:
             f"{family} config.json: {key} {unknown} are not supported; "
             "allowed: rope_type, rope_theta"
         )
-    params["rope_theta"] = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    base = number(hf.get("rope_theta"), "rope_theta", family, 10000.0)
+    params["rope_theta"] = number(params.get("rope_theta"), f"{key}.rope_theta", family, base)
     return params
 
 
@@ -120,11 +123,12 @@ class LlamaStyle(Family):
         check_setting(name, "hidden_act", hf.get("hidden_act", "silu"), ("silu",))
         sizes = sizes_from_hf(hf, name)
         head_dim = hf.get("head_dim")  # None: hidden / heads, as the config classes default
+        kv_heads = hf.get("num_key_value_heads", self.default_kv_heads)
         return canonical_config(
             name,
             vocab_size=require(hf, "vocab_size", name),
             **sizes,
-            n_kv_heads=hf.get("num_key_value_heads", self.default_kv_heads) or sizes["n_heads"],
+            n_kv_heads=sizes["n_heads"] if kv_heads is None else kv_heads,
             qk_head_dim=head_dim,
             v_head_dim=head_dim,
             norm="rms",
@@ -132,7 +136,7 @@ class LlamaStyle(Family):
             position="rope",
             rope_theta=rope_theta(hf, name),
             mlp="swiglu",
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            tie_embeddings=flag(hf, "tie_word_embeddings", name, False),
             init_std=hf.get("initializer_range", 0.02),
             **self.biases(hf),
         )
@@ -198,11 +202,11 @@ class Llama(LlamaStyle):
     architecture = "LlamaForCausalLM"
 
     def biases(self, hf: Mapping[str, Any]) -> dict[str, bool]:
-        attention = bool(hf.get("attention_bias", False))
+        attention = flag(hf, "attention_bias", self.model_type, False)
         return {
             "attn_bias": attention,
             "attn_out_bias": attention,
-            "mlp_bias": bool(hf.get("mlp_bias", False)),
+            "mlp_bias": flag(hf, "mlp_bias", self.model_type, False),
         }
 
     def check_storable(self, config: ModelConfig) -> None:

@@ -18,7 +18,7 @@ FAMILIES: dict[str, Family] = {
 def family_for(hf_config: Mapping[str, Any]) -> Family:
     """The family of a Hugging Face config; ``FormatError`` lists the supported model types."""
     model_type = hf_config.get("model_type")
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise FormatError(
             f"model_type {model_type!r} is not supported; supported: {', '.join(FAMILIES)} "
             "(and 'growformer' folders)"

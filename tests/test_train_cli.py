@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import torch
 
 from growformer.cli import main
 from growformer.train.commands import check_same_data, run_training
@@ -216,6 +218,59 @@ def test_a_damaged_trainer_state_is_a_clear_error(tmp_path, corpus, capsys, cont
     assert "is not a readable trainer state" in capsys.readouterr().err
     assert main(["generate", str(out), "--prompt", "The"]) == 2
     assert "is not a readable trainer state" in capsys.readouterr().err
+
+
+def _position(**fields):
+    return lambda state: state["position"].update(fields)
+
+
+def _exp_avg_of_shape(shape):
+    def spoil(state):
+        for entries in state["optimizer"]["state"].values():
+            entries["exp_avg"] = torch.zeros(shape)
+
+    return spoil
+
+
+DAMAGED_FIELDS = {
+    "step_a_string": (_position(step="a"), "position step must be an integer >= 0; got 'a'"),
+    "negative_step": (_position(step=-3), "position step must be an integer >= 0; got -3"),
+    "negative_stage": (_position(stage=-1), "position stage must be an integer >= 0; got -1"),
+    "nan_flops": (_position(flops=math.nan), "position flops must be a finite number >= 0"),
+    "rewarm_a_string": (_position(rewarm_from="x"), "position rewarm_from must be an integer"),
+    "unknown_field": (_position(epoch=1), "unknown ['epoch']"),
+    "rng_of_floats": (
+        lambda state: state.update(torch_rng=torch.zeros(3)),
+        "RNG state must be a torch.ByteTensor",
+    ),
+    "optimizer_not_a_state_dict": (
+        lambda state: state.update(optimizer=[1]),
+        "optimizer must be a dict of 'state' and 'param_groups'",
+    ),
+    "optimizer_group_missing": (
+        lambda state: state["optimizer"]["param_groups"].pop(),
+        "the optimizer state has parameter groups of",
+    ),
+    # torch's fused AdamW does not check moment shapes: this one crashed the process.
+    "moment_of_another_shape": (_exp_avg_of_shape(2), "optimizer exp_avg of parameter 0"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_FIELDS)
+def test_damaged_trainer_state_fields_fail_before_the_run_changes(tmp_path, corpus, capsys, case):
+    spoil, message = DAMAGED_FIELDS[case]
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--steps", "2"]
+    assert main([*args, "--no-progress"]) == 0
+    (trainer_file,) = out.glob("checkpoints/*/trainer.pt")
+    state = torch.load(trainer_file, weights_only=True)
+    spoil(state)
+    torch.save(state, trainer_file)
+    before = {name: (out / name).read_bytes() for name in ("run.json", "metrics.csv")}
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--steps", "4", "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in before} == before
 
 
 def test_an_empty_text_field_is_refused(tmp_path, corpus, capsys):

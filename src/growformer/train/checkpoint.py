@@ -9,6 +9,8 @@ are a function of the step, so the step is the data position. ``trainer.pt`` loa
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import pickle
 import re
@@ -41,6 +43,33 @@ class RunPosition:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunPosition:
+        """The position ``to_dict`` wrote; ``ValueError`` names a missing, unknown or
+        ill-typed field (counts are non-negative ints, FLOPs and time finite and >= 0)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"position must be a dict; got {type(data).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if set(data) != fields:
+            missing, unknown = sorted(fields - set(data)), sorted(set(data) - fields, key=str)
+            raise ValueError(f"position fields: missing {missing}, unknown {unknown}")
+        for name in ("step", "tokens", "stage", "rewarm_steps", "rewarm_from"):
+            value = data[name]
+            if name == "rewarm_from" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"position {name} must be an integer >= 0; got {value!r}")
+        for name in ("flops", "train_time"):
+            value = data[name]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"position {name} must be a finite number >= 0; got {value!r}")
+        return cls(**data)
 
 
 def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
@@ -83,17 +112,21 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 def read_position(path: str | os.PathLike) -> RunPosition:
     """The run position stored in checkpoint ``path`` (without loading the model)."""
-    return RunPosition(**_trainer_state(Path(path))["position"])
+    return RunPosition.from_dict(_trainer_state(Path(path))["position"])
 
 
 def _trainer_state(path: Path) -> dict[str, Any]:
     file = path / TRAINER_FILE
     try:
         state = torch.load(file, weights_only=True, map_location="cpu")
+        if not isinstance(state, dict):
+            raise TypeError(f"holds a {type(state).__name__}, not a dict")
         missing = {"position", "optimizer", "torch_rng"} - set(state)
         if missing:
             raise KeyError(f"missing {sorted(missing)}")
-        RunPosition(**state["position"])
+        RunPosition.from_dict(state["position"])
+        torch.Generator().set_state(state["torch_rng"])  # raises unless an RNG state
+        _check_optimizer_layout(state["optimizer"])
         return state
     except (
         OSError,
@@ -107,10 +140,56 @@ def _trainer_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file} is not a readable trainer state: {error}") from error
 
 
+def _check_optimizer_layout(state: Any) -> None:
+    """``TypeError`` unless ``state`` has the layout of ``Optimizer.state_dict()``: ``state``
+    (a dict of per-parameter dicts) and ``param_groups`` (dicts with a ``params`` list)."""
+    if not isinstance(state, dict) or set(state) != {"state", "param_groups"}:
+        raise TypeError("optimizer must be a dict of 'state' and 'param_groups'")
+    groups, per_param = state["param_groups"], state["state"]
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups
+    ):
+        raise TypeError("optimizer param_groups must be a list of dicts with a 'params' list")
+    if not isinstance(per_param, dict) or not all(isinstance(v, dict) for v in per_param.values()):
+        raise TypeError("optimizer state must map each parameter to a dict")
+
+
+def check_optimizer_fits(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], where: str
+) -> None:
+    """``CheckpointError`` (naming ``where``) unless the state dict ``state`` fits
+    ``optimizer``: as many groups of as many parameters, and every stored tensor other than
+    ``step`` of its parameter's shape (torch's fused AdamW does not check, and crashes)."""
+    saved = [len(g["params"]) for g in state["param_groups"]]
+    own = [len(g["params"]) for g in optimizer.param_groups]
+    if saved != own:
+        raise CheckpointError(
+            f"{where}: the optimizer state has parameter groups of {saved} parameters; "
+            f"the model's are {own}"
+        )
+    params = {
+        key: param
+        for saved_group, group in zip(state["param_groups"], optimizer.param_groups, strict=True)
+        for key, param in zip(saved_group["params"], group["params"], strict=True)
+    }
+    for key, entries in state["state"].items():
+        if key not in params:
+            raise CheckpointError(f"{where}: the optimizer state names no parameter {key!r}")
+        for name, value in entries.items():
+            shape = tuple(params[key].shape)
+            if name != "step" and isinstance(value, torch.Tensor) and tuple(value.shape) != shape:
+                raise CheckpointError(
+                    f"{where}: optimizer {name} of parameter {key!r} has shape "
+                    f"{tuple(value.shape)}; the parameter's is {shape}"
+                )
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[Transformer, dict[str, Any], RunPosition]:
-    """The model, the optimizer state dict and the position stored in checkpoint ``path``."""
+    """The model, the optimizer state dict and the position stored in checkpoint ``path``
+    (``CheckpointError`` when one of them is damaged; see ``check_optimizer_fits`` for the
+    optimizer state against the model's optimizer)."""
     path = Path(path)
     model = load_model(path / MODEL_DIR)
     state = _trainer_state(path)
     torch.set_rng_state(state["torch_rng"])
-    return model, state["optimizer"], RunPosition(**state["position"])
+    return model, state["optimizer"], RunPosition.from_dict(state["position"])

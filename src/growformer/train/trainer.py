@@ -36,7 +36,9 @@ from growformer.model_io import load_config
 from growformer.train.apollo import sample_depth, sharing_order
 from growformer.train.checkpoint import (
     MODEL_DIR,
+    TRAINER_FILE,
     RunPosition,
+    check_optimizer_fits,
     latest_checkpoint,
     load_checkpoint,
     read_position,
@@ -181,6 +183,7 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer = _adamw(self.model, self.train)
         if checkpoint is not None:
+            check_optimizer_fits(self.optimizer, optimizer_state, str(checkpoint / TRAINER_FILE))
             self.optimizer.load_state_dict(optimizer_state)
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)

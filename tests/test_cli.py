@@ -225,6 +225,23 @@ def test_out_of_range_config_values_fail_clearly(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "sizes", [["--vocab", "2147483647"], ["--layers", "100000", "--hidden", "4096"]]
+)
+def test_init_larger_than_memory_fails_by_name(tmp_path, capsys, sizes) -> None:
+    dst = tmp_path / "huge"
+    assert cli("init", dst, *sizes) == 2
+    assert "parameters" in (err := capsys.readouterr().err) and "GiB of memory of cpu" in err
+    assert not dst.exists()
+
+
+def test_growth_larger_than_memory_fails_by_name(src: Path, tmp_path, capsys) -> None:
+    dst = tmp_path / "huge"
+    assert cli("grow", src, dst, "--ffn", "2000000000") == 2
+    assert "the grown model has" in capsys.readouterr().err
+    assert not dst.exists()
+
+
 @pytest.mark.parametrize("seed", ["-1", str(2**64), "x"])
 def test_init_refuses_a_seed_torch_cannot_take(tmp_path: Path, capsys, seed: str) -> None:
     with pytest.raises(SystemExit) as exit_info:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import VARIANTS, make_model, tiny_config, tokens_for
+from conftest import POST_NORM, VARIANTS, make_model, tiny_config, tokens_for
 from growformer import ConfigError, GrowthError, GrowthOptions, ModelConfig, grow, model_from_state
 from growformer.config import SIZE_FIELDS
 from growformer.model import Linear, Transformer
@@ -92,6 +92,13 @@ def test_dict_and_json_round_trip(variant):
     config = VARIANTS[variant]
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert ModelConfig.from_dict(json.loads(config.to_json())) == config
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, "post_norm"])
+def test_the_config_counts_the_models_parameters(variant):
+    config = VARIANTS.get(variant, POST_NORM)
+    with torch.device("meta"):
+        assert config.num_parameters() == Transformer(config).num_parameters()
 
 
 def test_from_dict_rejects_unknown_fields_and_non_mappings():

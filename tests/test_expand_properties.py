@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RTOL, assert_same_function, make_model, tiny_config, tokens_for
-from growformer import GrowthOptions, ModelConfig, grow
+from growformer import GrowthOptions, ModelConfig, Transformer, grow
 from growformer.expand import hidden_growth_inexact_reason
 
 MAX_HIDDEN, MAX_HEADS, MAX_LAYERS = 64, 12, 5
@@ -105,3 +105,9 @@ def test_any_sequence_of_expansions_is_exact(data, config):
             assert getattr(grown.config, field) == value
         assert grown.config != before
     assert_same_function(model, grown, tokens, RTOL[torch.float64])
+
+
+@given(config=configs())
+def test_the_config_counts_the_models_parameters(config):
+    with torch.device("meta"):
+        assert config.num_parameters() == Transformer(config).num_parameters()

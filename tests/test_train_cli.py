@@ -585,3 +585,15 @@ def test_select_needs_steps_left_and_a_checkpoint(stack_run, tmp_path, capsys):
     assert "at the end of the run" in capsys.readouterr().err
     assert main(["select", str(tmp_path / "nothing")]) == 2
     assert "not a checkpoint" in capsys.readouterr().err
+
+
+def test_a_model_larger_than_memory_fails_before_anything_is_written(tmp_path, corpus, capsys):
+    config = tmp_path / "huge.toml"
+    config.write_text(
+        f'preset = "tiny"\ndata = "{corpus}"\n[model]\nn_layers = 4096\nhidden = 65536\n'
+        "n_heads = 64\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out)]) == 2
+    assert "the run's largest model has" in capsys.readouterr().err
+    assert not out.exists()

@@ -16,7 +16,7 @@ from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig, seed_arg
 from growformer.data import DataError
 from growformer.expand import LAYER_INITS, PLACEMENTS, WIDTH_INITS, GrowthError, GrowthOptions, grow
 from growformer.hf import grow_storable, is_hf_folder, read_folder, write_folder
-from growformer.model import Transformer, model_from_state
+from growformer.model import Transformer, check_fits_in_memory, model_from_state
 from growformer.model_io import CheckpointError, check_destination, load_model, save_model
 from growformer.shrink.command import add_shrink_command
 from growformer.shrink.target import ShrinkError
@@ -157,6 +157,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         fields.update(attn_bias=args.bias, attn_out_bias=args.bias, mlp_bias=args.bias)
     config = ModelConfig(**fields)
     check_destination(args.dst, args.overwrite)
+    check_fits_in_memory(config, torch.float32, "cpu")
     torch.manual_seed(args.seed)
     model = Transformer(config)
     save_model(model, args.dst, overwrite=args.overwrite)

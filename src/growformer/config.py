@@ -129,6 +129,26 @@ class ModelConfig:
         """Query heads per kv head."""
         return self.n_heads // self.n_kv_heads
 
+    def num_parameters(self) -> int:
+        """The parameter count of ``Transformer(self)``, from the sizes alone (nothing is
+        built, so it is cheap for any size)."""
+        d, ffn = self.hidden, self.ffn
+        norm = d * (2 if self.norm == "layer" else 1)
+        q, kv = self.n_heads * self.qk_head_dim, self.n_kv_heads * self.qk_head_dim
+        v = self.n_kv_heads * self.v_head_dim
+        attn = d * (q + kv + v) + self.n_heads * self.v_head_dim * d
+        attn += (q + kv + v) * self.attn_bias + d * self.attn_out_bias
+        up = 2 if self.mlp == "swiglu" else 1
+        mlp = (up + 1) * d * ffn + (up * ffn + d) * self.mlp_bias
+        embeddings = self.vocab_size * d + self.max_seq_len * d * (self.position == "learned")
+        return (
+            embeddings
+            + norm * (self.norm_placement == "post")
+            + self.n_layers * (2 * norm + attn + mlp)
+            + norm * self.final_norm
+            + self.vocab_size * d * (not self.tie_embeddings)
+        )
+
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with ``changes`` applied and validated."""
         return dataclasses.replace(self, **changes)

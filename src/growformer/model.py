@@ -20,16 +20,45 @@ Parameter names (the contract every expansion and adapter relies on)::
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from growformer.config import ModelConfig
+from growformer.config import ConfigError, ModelConfig
 
 # The weight dtypes a model computes in (growth draws normals in them; float8 cannot).
 WEIGHT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def device_memory(device: torch.device | str) -> int | None:
+    """Bytes of memory on ``device``: the machine's physical memory for CPU, the GPU's for
+    CUDA; None where it is not known (meta and other devices)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device).total_memory
+    return None
+
+
+def check_fits_in_memory(
+    config: ModelConfig, dtype: torch.dtype, device: torch.device | str, what: str = "the model"
+) -> None:
+    """``ConfigError`` when the weights of ``config`` alone, in ``dtype``, are larger than all
+    of ``device``'s memory: sizes that validate but could never be allocated fail by name
+    instead of in the allocator (or the out-of-memory killer). Nothing when its memory is
+    unknown."""
+    have = device_memory(device)
+    n = config.num_parameters()
+    need = n * torch.empty((), dtype=dtype).element_size()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"{what} has {n:,} parameters, {need / 2**30:,.1f} GiB in {_dtype_name(dtype)}: "
+            f"more than the {have / 2**30:,.1f} GiB of memory of {torch.device(device)}"
+        )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -25,7 +25,7 @@ from growformer.expand.hidden import plan_hidden
 from growformer.expand.layers import LAYER_INITS, check_layers, check_where, insert_layers
 from growformer.expand.mlp import plan_ffn
 from growformer.expand.positions import plan_positions
-from growformer.model import Transformer, model_from_state
+from growformer.model import Transformer, check_fits_in_memory, model_from_state
 from growformer.optimizer import STATE_POLICIES, carry_optimizer_state_
 from growformer.resize import ResizeRecord
 
@@ -114,6 +114,10 @@ def expand_state(
     new layers are added to the result. Unchanged tensors pass through by reference.
     """
     o = options or GrowthOptions()
+    if state:  # before planning, whose index maps are as long as the new sizes
+        some = next(iter(state.values()))
+        goal = resolve_target(config, target)
+        check_fits_in_memory(goal, some.dtype, some.device, "the grown model")
     goal, steps = _plan(config, target, o)
     if steps:
         current = apply_steps(config, state, steps, o.seed)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from growformer.atomic import atomic_write
 from growformer.config import ModelConfig
-from growformer.model import Transformer
+from growformer.model import Transformer, check_fits_in_memory
 from growformer.model_io import load_config
 from growformer.train.apollo import sample_depth, sharing_order
 from growformer.train.checkpoint import (
@@ -131,6 +131,8 @@ class Trainer:
                     f"multiple of processes * grad_accum = {self.world} * {train.grad_accum}"
                 )
         self.device = torch.device(device or _default_device(self.rank))
+        largest = max((stage.config for stage in self.stages), key=ModelConfig.num_parameters)
+        check_fits_in_memory(largest, torch.float32, self.device, "the run's largest model")
         self.progress = progress and self.rank == 0
         self.checkpoint: Path | None = None
         if resume is True:

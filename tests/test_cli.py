@@ -349,11 +349,22 @@ def test_grow_tolerance_needs_check(src: Path, tmp_path: Path, capsys) -> None:
     assert cli("grow", src, tmp_path / "dst", "--ffn", "96", "--tol", "1e-3", "--check") == 0
 
 
-def test_destination_the_system_refuses_fails_in_one_line(src: Path, tmp_path: Path, capsys):
+def test_a_destination_under_a_file_is_named(src: Path, tmp_path: Path, capsys):
     (tmp_path / "afile").write_text("x")
-    assert cli("init", tmp_path / "afile" / "sub", *TINY) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("growformer init: error:") and "Traceback" not in err
+    for args in (
+        ["init", tmp_path / "afile" / "sub", *TINY],
+        ["grow", src, tmp_path / "afile" / "g", "--ffn", "512"],
+    ):
+        assert cli(*args) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'afile'} is not a folder" in err and "Errno" not in err
+
+
+def test_a_dangling_symbolic_link_is_not_followed(tmp_path: Path, capsys):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    assert cli("init", tmp_path / "link", *TINY) == 2
+    assert "is a symbolic link to" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_overwriting_the_working_folder_leaves_no_debris(tmp_path: Path, monkeypatch) -> None:

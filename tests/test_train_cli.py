@@ -597,3 +597,21 @@ def test_a_model_larger_than_memory_fails_before_anything_is_written(tmp_path, c
     assert main(["train", "--config", str(config), "--out", str(out)]) == 2
     assert "the run's largest model has" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_run_folder_under_a_file_is_named(tmp_path, corpus, capsys):
+    (tmp_path / "afile").write_text("x")
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--steps", "1"]
+    assert main([*args, "--out", str(tmp_path / "afile" / "run")]) == 2
+    assert f"{tmp_path / 'afile'} is not a folder" in capsys.readouterr().err
+
+
+def test_a_run_folder_inside_its_data_folder_is_refused(tmp_path, corpus, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    corpus.rename(data / "corpus.txt")
+    out = data / "run"
+    args = ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--steps", "1"]
+    assert main(args) == 2
+    assert "is inside the data folder" in capsys.readouterr().err
+    assert not out.exists()

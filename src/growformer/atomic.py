@@ -26,6 +26,20 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
+def creation_problem(path: Path) -> str | None:
+    """Why nothing could be created at ``path``: it is a symbolic link to nothing, or its
+    nearest existing ancestor is not a folder; None when neither (checked before any work, so
+    that the error names the path instead of an errno)."""
+    if path.is_symlink() and not path.exists():
+        return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+    for parent in path.absolute().parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                return f"{parent} is not a folder"
+            return None
+    return None
+
+
 def current_umask() -> int:
     """The process's umask. Read from ``/proc/self/status`` where the kernel reports it (Linux
     4.7+), which changes nothing; elsewhere by setting it and putting it back, during which a

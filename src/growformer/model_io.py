@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from growformer.atomic import current_umask
+from growformer.atomic import creation_problem, current_umask
 from growformer.config import ConfigError, ModelConfig
 from growformer.model import Transformer, check_weight_dtypes, model_from_state
 
@@ -44,6 +44,9 @@ def check_destination(
         if src != dst and (src in dst.parents or dst in src.parents):
             where = "inside the source" if src in dst.parents else "a folder holding the source"
             raise CheckpointError(f"destination {path} is {where} {source}; choose another")
+    problem = creation_problem(path)
+    if problem:
+        raise CheckpointError(f"destination {path}: {problem}")
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"destination {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not overwrite:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from growformer.atomic import atomic_write
+from growformer.atomic import atomic_write, creation_problem
 from growformer.config import seed_arg
 from growformer.data import DEFAULT_TEXT_FIELD, Dataset, load_dataset
 from growformer.train.config import PRESETS, TrainConfigError
@@ -197,6 +197,11 @@ def run_training(
     fresh = resume is not True and int(os.environ.get("RANK", "0")) == 0
     if fresh:
         check_run_dir(out, overwrite)
+    if spec.data is not None and Path(spec.data).resolve() in out.resolve().parents:
+        raise TrainConfigError(
+            f"run folder {out} is inside the data folder {spec.data}, every file of which is "
+            "read as data (a resume would read the run's own files): choose an --out outside it"
+        )
     dataset = dataset or load_run_data(spec)
     data_record = {
         "source": dataset.source,
@@ -231,6 +236,9 @@ def check_run_dir(out: Path, overwrite: bool = False, *, resumable: bool = True)
     """A new run must not mix with files already in ``out``: ``TrainConfigError`` unless it is
     new, empty, or ``overwrite`` (the caller removes it). ``resumable``: the command has
     ``--resume``, which the message then offers."""
+    problem = creation_problem(out)
+    if problem:
+        raise TrainConfigError(f"run folder {out}: {problem}")
     if out.exists() and not out.is_dir():
         raise TrainConfigError(f"run folder {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

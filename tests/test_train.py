@@ -176,6 +176,55 @@ def test_bad_schedules_fail_before_anything_is_written(tmp_path, schedule, messa
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("name", ["midas", "lag-stack"])
+def test_gradual_stacking_alpha_cannot_overflow_and_is_checked(name):
+    """Stage i lasts in proportion to i**alpha: a huge alpha is a large one's limit (stages
+    before the last as short as a step) where (i + 1)**alpha overflowed; an alpha that is
+    negative or not finite, or that puts two growths on one step, is named."""
+    assert [e.step for e in named_schedule(name, TARGET, TRAIN).events] == [3, 8]
+    for alpha in (1e308, 10**400 // 10**100):
+        assert [e.step for e in named_schedule(name, TARGET, TRAIN, alpha=alpha).events] == [1, 8]
+    deep = TARGET.replace(n_layers=8)  # from 4 layers: 4 growths in 12 steps
+    with pytest.raises(
+        TrainConfigError, match=rf"^{name}: growth points 1 and 2 of 4 both fall on step 1 of 12 "
+    ):
+        named_schedule(name, deep, TRAIN, alpha=1e308)
+    for alpha in (-1.0, -1e308, math.nan, math.inf, -math.inf, 10**400):
+        with pytest.raises(TrainConfigError, match=f"^{name}: alpha must be a finite number ≥ 0"):
+            named_schedule(name, TARGET, TRAIN, alpha=alpha)
+
+
+def test_a_schedule_name_must_be_a_string():
+    with pytest.raises(
+        TrainConfigError, match=r"schedule must be one of scratch, .*; got \['midas'\]"
+    ):
+        named_schedule(["midas"], TARGET, TRAIN)
+
+
+def test_sampling_temperature_is_finite_and_its_extremes_are_well_defined():
+    """temperature → 0 is greedy and temperature → ∞ uniform over the top_k tokens, however
+    far the float quotient overflows or vanishes (was: a torch error about inf or nan
+    probabilities); nan and inf are refused like a negative temperature."""
+    from growformer.model import Transformer
+    from growformer.train.generate import sample
+
+    torch.manual_seed(0)
+    model = Transformer(TARGET)
+    prompt = torch.tensor([1, 2, 3])
+    greedy = sample(model, prompt, 8, temperature=0)
+    for tiny in (1e-300, 5e-324):
+        assert torch.equal(sample(model, prompt, 8, temperature=tiny, seed=1), greedy)
+    assert torch.equal(sample(model, prompt, 8, temperature=1e300, top_k=1), greedy)
+    hot = sample(model, prompt, 8, temperature=1e300, top_k=3, seed=1)
+    assert torch.equal(hot, sample(model, prompt, 8, temperature=1e300, top_k=3, seed=1))
+    with torch.no_grad():
+        for end in range(3, 11):
+            assert hot[end] in model(hot[:end].unsqueeze(0))[0, -1].topk(3).indices
+    for bad in (math.nan, math.inf, -1.0):
+        with pytest.raises(ValueError, match="temperature must be a finite number ≥ 0"):
+            sample(model, prompt, 1, temperature=bad)
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -124,6 +124,24 @@ layer_init = "copy"
         ("[model]\nmax_seq_len = 64\n[train]\nseq_len = 128", "longer than [model] max_seq_len"),
         ("[train]\nseed = 18446744073709551616", "seed must be an integer ≤ 18446744073709551615"),
         ("[model]\nnorm_eps = 1e400", "norm_eps must be a finite number > 0"),
+        # A schedule name that is not a string (was: TypeError, unhashable list).
+        ('[schedule]\nname = ["midas"]', "schedule must be one of scratch, compound, stack,"),
+        # Gradual stacking's alpha (was: OverflowError in (i + 1) ** alpha, or a message
+        # about a growth point or event that did not name alpha).
+        (
+            '[model]\nn_layers = 8\n[schedule]\nname = "midas"\nalpha = 1e308',
+            "midas: growth points 1 and 2 of 4 both fall on step 1 of 800 (stage lengths ∝ "
+            "i**alpha with alpha 1e+308",
+        ),
+        (
+            '[model]\nn_layers = 8\n[schedule]\nname = "lag-stack"\nalpha = 1e308',
+            "lag-stack: growth points 1 and 2 of 4 both fall on step 1 of 800",
+        ),
+        (
+            '[model]\nn_layers = 8\n[train]\nsteps = 10\n[schedule]\nname = "midas"\nalpha = -5',
+            "midas: alpha must be a finite number ≥ 0",
+        ),
+        ('[schedule]\nname = "lag-stack"\nalpha = nan', "lag-stack: alpha must be a finite"),
     ],
 )
 def test_bad_run_files_fail_before_anything_is_written(tmp_path, corpus, capsys, toml, message):
@@ -444,9 +462,81 @@ def test_generate_bad_input(tmp_path, corpus, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
+def test_generate_at_extreme_temperatures_is_well_defined(tmp_path, corpus, capsys):
+    """--temperature so small that logits / temperature overflows samples greedily, as 0 does;
+    one so large that the quotients vanish samples the top tokens uniformly (both were a torch
+    error about inf or nan probabilities)."""
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--steps", "2"]
+    assert main([*args, "--no-progress"]) == 0
+    capsys.readouterr()
+    texts = {}
+    for temperature in ("0", "1e-300", "5e-324", "1e300"):
+        generate = ["generate", str(out), "--prompt", "The", "--tokens", "8"]
+        assert main([*generate, "--temperature", temperature]) == 0
+        texts[temperature] = capsys.readouterr().out
+    assert texts["1e-300"] == texts["5e-324"] == texts["0"]
+    assert texts["1e300"].startswith("The")
+
+
 def test_plot_of_a_missing_run_fails_in_one_line(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "nosuch")]) == 2
     assert "metrics.csv" in capsys.readouterr().err
+
+
+METRICS_HEADER = "step,tokens,flops,time,loss,val_loss,lr,params,stage,seq_len\n"
+METRICS_ROWS = "1,64,1e9,0.1,5.0,5.1,0.001,100,0,32\n2,128,2e9,0.2,4.9,,0.001,100,0,32\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("events.jsonl", '{"step": 1}\nnot json\n', "events.jsonl line 2 is not valid JSON"),
+        ("events.jsonl", "[" * 100_000, "events.jsonl line 1 is not valid JSON"),
+        ("events.jsonl", "[1, 2]\n", "events.jsonl line 1 is not a growth event"),
+        ("events.jsonl", '\n{"method": "stack"}\n', "events.jsonl line 2 is not a growth event"),
+        ("events.jsonl", '{"step": "1"}\n', "it needs an integer step"),
+        ("events.jsonl", b"\xff\n", "events.jsonl is not UTF-8 text"),
+        ("metrics.csv", "a,b\n1,2\n", "metrics.csv line 1: the header lacks step, time, flops"),
+        ("metrics.csv", "", "metrics.csv is empty: not a growformer metrics file"),
+        (
+            "metrics.csv",
+            METRICS_HEADER + METRICS_ROWS + "3,64\n",
+            "metrics.csv line 4: 2 values for the header's 10 columns",
+        ),
+        (
+            "metrics.csv",
+            METRICS_HEADER + "1,64,1e9,0.1,5.0,5.1,0.001,100,0,32,7\n",
+            "metrics.csv line 2: 11 values for the header's 10 columns",
+        ),
+        (
+            "metrics.csv",
+            METRICS_HEADER + "1,64,abc,0.1,5.0,5.1,0.001,100,0,32\n",
+            "metrics.csv line 2: flops must be a number, got 'abc'",
+        ),
+        (
+            "metrics.csv",
+            METRICS_HEADER + "x,64,1e9,0.1,5.0,5.1,0.001,100,0,32\n",
+            "metrics.csv line 2: step must be an integer, got 'x'",
+        ),
+        ("metrics.csv", b"\xff\xfe", "metrics.csv is not UTF-8 text"),
+    ],
+)
+def test_plot_of_a_corrupt_run_names_the_file_and_line(tmp_path, capsys, name, content, message):
+    """A hand-edited or damaged events.jsonl or metrics.csv fails in one line naming the file
+    (was: a traceback, or a short row plotted as if whole)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.csv").write_text(METRICS_HEADER + METRICS_ROWS)
+    (run_dir / "events.jsonl").write_text('{"step": 1, "method": "stack"}\n')
+    png = tmp_path / "loss.png"
+    assert main(["plot", str(run_dir), "--out", str(png)]) == 0  # the intact files plot
+    png.unlink()
+    (run_dir / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["plot", str(run_dir), "--out", str(png)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"growformer plot: error: {run_dir}") and message in err
+    assert not png.exists()
 
 
 def test_overwrite_keeps_the_old_run_when_the_new_one_is_invalid(tmp_path, corpus, capsys):
@@ -599,10 +689,14 @@ def test_a_model_larger_than_memory_fails_before_anything_is_written(tmp_path, c
     assert not out.exists()
 
 
-def test_a_run_folder_under_a_file_is_named(tmp_path, corpus, capsys):
+def test_a_run_folder_or_plot_under_a_file_is_named(tmp_path, corpus, capsys):
     (tmp_path / "afile").write_text("x")
+    out = tmp_path / "run"
     args = ["train", "--preset", "tiny", "--data", str(corpus), "--steps", "1"]
     assert main([*args, "--out", str(tmp_path / "afile" / "run")]) == 2
+    assert f"{tmp_path / 'afile'} is not a folder" in capsys.readouterr().err
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    assert main(["plot", str(out), "--out", str(tmp_path / "afile" / "loss.png")]) == 2
     assert f"{tmp_path / 'afile'} is not a folder" in capsys.readouterr().err
 
 

@@ -321,6 +321,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.runs[0]) / "loss.png")
+    problem = creation_problem(Path(out))
+    if problem:
+        raise TrainConfigError(f"--out {out}: {problem}")
     print(plot_runs(args.runs, out))
     return 0
 

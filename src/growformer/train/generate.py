@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import Tensor
 
@@ -20,11 +22,15 @@ def sample(
 ) -> Tensor:
     """Extend ``prompt`` (1-D int64 token ids) by ``max_new_tokens`` sampled tokens.
 
-    Temperature 0 is greedy decoding. The context is cropped to the model's ``max_seq_len``
-    (the last tokens are kept). Reproducible for a seed. Returns prompt + new tokens, 1-D.
+    ``temperature``: a finite number ≥ 0; 0 is greedy decoding. Every positive one gives a
+    distribution (the logits less their maximum, divided in float64): one so small that the
+    quotients pass the float range samples greedily (ties at random), one so large that they
+    vanish samples the ``top_k`` tokens uniformly. The context is cropped to the model's
+    ``max_seq_len`` (the last tokens are kept). Reproducible for a seed. Returns prompt + new
+    tokens, 1-D.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be ≥ 0, got {temperature}")
+    if not 0 <= temperature <= sys.float_info.max:  # also nan
+        raise ValueError(f"temperature must be a finite number ≥ 0, got {temperature}")
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     tokens = prompt.clone()
@@ -37,7 +43,7 @@ def sample(
             if top_k is not None and top_k < logits.numel():
                 cutoff = logits.topk(top_k).values[-1]
                 logits = logits.masked_fill(logits < cutoff, float("-inf"))
-            probs = torch.softmax(logits / temperature, dim=-1)
+            probs = torch.softmax((logits.double() - logits.max()) / temperature, dim=-1)
             next_token = torch.multinomial(probs.cpu(), 1, generator=generator)[0]
         tokens = torch.cat([tokens, next_token.view(1).to(tokens.device)])
     return tokens

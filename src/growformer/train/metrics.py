@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from growformer.atomic import atomic_write
+from growformer.train.config import TrainConfigError
 
 METRICS_FILE = "metrics.csv"
 EVENTS_FILE = "events.jsonl"
@@ -91,11 +92,77 @@ def _tensorboard_writer(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+# The columns a reader relies on, and how each must parse (val_loss is empty between evals).
+_PARSED = {"step": int, "time": float, "flops": float, "val_loss": float}
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, str]]:
-    with (Path(run_dir) / METRICS_FILE).open(newline="") as f:
-        return list(csv.DictReader(f))
+    """The rows of ``RUN_DIR/metrics.csv``; ``TrainConfigError`` naming the file and line where
+    it is not the trainer's: a header without step, time, flops and val_loss, a row with
+    another number of values than the header, a value of those columns that does not parse."""
+    path = Path(run_dir) / METRICS_FILE
+    rows: list[dict[str, str]] = []
+    try:
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise TrainConfigError(f"{path} is empty: not a growformer metrics file")
+            missing = [column for column in _PARSED if column not in header]
+            if missing:
+                raise TrainConfigError(
+                    f"{path} line 1: the header lacks {', '.join(missing)}: not a growformer "
+                    f"metrics file (the trainer writes {','.join(COLUMNS)})"
+                )
+            for values in reader:
+                if values:
+                    rows.append(_metrics_row(header, values, f"{path} line {reader.line_num}"))
+    except UnicodeDecodeError as error:
+        raise TrainConfigError(f"{path} is not UTF-8 text ({error})") from None
+    except csv.Error as error:
+        raise TrainConfigError(f"{path} is not valid CSV ({error})") from None
+    return rows
+
+
+def _metrics_row(header: list[str], values: list[str], where: str) -> dict[str, str]:
+    if len(values) != len(header):
+        raise TrainConfigError(
+            f"{where}: {len(values)} values for the header's {len(header)} columns"
+        )
+    row = dict(zip(header, values, strict=True))
+    for column, kind in _PARSED.items():
+        if column == "val_loss" and not row[column]:
+            continue
+        try:
+            kind(row[column])
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise TrainConfigError(
+                f"{where}: {column} must be {expected}, got {row[column]!r}"
+            ) from None
+    return row
 
 
 def read_events(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The growth events of ``RUN_DIR/events.jsonl``; ``TrainConfigError`` naming the file and
+    line of one that is not JSON or not an event (an object with an integer ``step``)."""
     path = Path(run_dir) / EVENTS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text().split("\n")
+    except UnicodeDecodeError as error:
+        raise TrainConfigError(f"{path} is not UTF-8 text ({error})") from None
+    events = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except (ValueError, RecursionError) as error:
+            raise TrainConfigError(f"{path} line {number} is not valid JSON ({error})") from None
+        step = event.get("step") if isinstance(event, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TrainConfigError(
+                f"{path} line {number} is not a growth event: it needs an integer step"
+            )
+        events.append(event)
+    return events

@@ -11,7 +11,8 @@ from growformer.train.metrics import read_events, read_metrics
 def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Write a PNG with two panels (val loss vs training seconds, vs FLOPs), one line per run
     (labelled by its folder name), a dotted line at each growth event. Raises ``FileNotFoundError``
-    naming a folder without ``metrics.csv``."""
+    naming a folder without ``metrics.csv`` and ``TrainConfigError`` naming the file and line
+    of a ``metrics.csv`` or ``events.jsonl`` that is not the trainer's (see ``read_metrics``)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -401,7 +403,8 @@ def midas_schedule(
 ) -> Schedule:
     """MIDAS: from ``start_layers`` (default half the target), duplicate the middle block of
     ``block`` layers at each growth point until the target depth; stage ``i`` of ``k`` lasts
-    in proportion to ``i**alpha``, the last growth at ``end``·steps."""
+    in proportion to ``i**alpha`` (``alpha`` a finite number ≥ 0; 0: equal stages), the last
+    growth at ``end``·steps."""
     first, points = _gradual_depths(target, train, "midas", block, start_layers, alpha, end)
     events = tuple(
         GrowthEvent(step=step, sizes={"n_layers": n}, method="midas", midas_block=block)
@@ -459,13 +462,31 @@ def _gradual_depths(
             f"{name}: from {first} layers the target's {target.n_layers} is not reachable in "
             f"blocks of {block}"
         )
+    if not 0 <= alpha <= sys.float_info.max:  # also nan, and integers past the float range
+        raise TrainConfigError(
+            f"{name}: alpha must be a finite number ≥ 0 (stage i lasts in proportion to "
+            f"i**alpha; 0: equal stages), got {alpha!r}"
+        )
+    _at(end, train.steps, f"{name}: end")
     n_growths = (target.n_layers - first) // block
-    weights = [(i + 1) ** alpha for i in range(n_growths)]
-    points, elapsed = [], 0.0
-    for i in range(n_growths):
-        elapsed += weights[i] / sum(weights) * end
-        step = _at(elapsed, train.steps, f"{name}: growth point")
+    # Stage lengths ∝ i**alpha. Where k**(alpha+1) (a bound on their sum) passes the float
+    # range, the same proportions as (i/k)**alpha ≤ 1: these underflow (to stages of no
+    # steps, named below) where i**alpha would overflow.
+    scale = n_growths if (alpha + 1) * math.log(max(n_growths, 1)) > 700 else 1
+    weights = [((i + 1) / scale) ** alpha for i in range(n_growths)]
+    points, elapsed, previous = [], 0.0, 0
+    for i, weight in enumerate(weights):
+        elapsed += weight / sum(weights) * end
+        step = max(1, min(train.steps - 1, round(elapsed * train.steps)))
+        if step <= previous:
+            raise TrainConfigError(
+                f"{name}: growth points {i} and {i + 1} of {n_growths} both fall on step {step} "
+                f"of {train.steps} (stage lengths ∝ i**alpha with alpha {alpha!r}, the last "
+                f"growth at end {end!r}): lower alpha, grow fewer times (a larger block or "
+                "start_layers) or train more steps"
+            )
         points.append((step, first + (i + 1) * block))
+        previous = step
     return first, points
 
 
@@ -538,7 +559,7 @@ BUILDERS = {
 def named_schedule(name: str, target: ModelConfig, train: TrainConfig, **params: Any) -> Schedule:
     """The schedule ``name`` (one of ``SCHEDULES``) for ``target``; ``params`` are its
     builder's keyword arguments, checked by name."""
-    if name not in BUILDERS:
+    if not isinstance(name, str) or name not in BUILDERS:
         raise TrainConfigError(f"schedule must be one of {', '.join(SCHEDULES)}; got {name!r}")
     builder = BUILDERS[name]
     hints = typing.get_type_hints(builder)

@@ -271,6 +271,17 @@ def test_smaller_target_raises(field):
     assert model.config == config
 
 
+@pytest.mark.parametrize("target", [None, [1], "ffn"])
+def test_a_target_that_is_not_sizes_raises(target):
+    with pytest.raises(GrowthError, match="target must be a ModelConfig or a mapping"):
+        grow(make_model(tiny_config()), target)
+
+
+def test_only_a_growformer_transformer_grows():
+    with pytest.raises(TypeError, match="model must be a growformer Transformer, got Linear"):
+        grow(torch.nn.Linear(2, 2), {"ffn": 512})
+
+
 def test_heads_not_divisible_by_kv_heads_raises():
     model = make_model(tiny_config(n_kv_heads=2))
     with pytest.raises(GrowthError, match="n_kv_heads"):

@@ -80,8 +80,13 @@ def resolve_target(config: ModelConfig, target: ModelConfig | Mapping[str, int])
                 f"{', '.join(SIZE_FIELDS)}"
             )
         sizes = {name: getattr(target, name) for name in SIZE_FIELDS}
+    elif not isinstance(target, Mapping):
+        raise GrowthError(
+            f"target must be a ModelConfig or a mapping of size fields to sizes; got "
+            f"{type(target).__name__}"
+        )
     else:
-        unknown = sorted(set(target) - set(SIZE_FIELDS))
+        unknown = sorted(set(target) - set(SIZE_FIELDS), key=str)
         if unknown:
             raise GrowthError(
                 f"unknown target field(s) {unknown}; allowed: {', '.join(SIZE_FIELDS)}"
@@ -179,6 +184,14 @@ def _then(current: Expansion, later: Expansion) -> Expansion:
     return Expansion(later.config, Intermediate(later.state), current.record.then(later.record))
 
 
+def _check_transformer(model: object) -> None:
+    if not isinstance(model, Transformer):
+        raise TypeError(
+            f"model must be a growformer Transformer, got {type(model).__name__}; Hugging Face "
+            "models grow through growformer.hf (folders) or growformer.integrations (live)"
+        )
+
+
 def grow(
     model: Transformer,
     target: ModelConfig | Mapping[str, int],
@@ -188,6 +201,7 @@ def grow(
 
     ``model`` is left unchanged and shares no storage with the result.
     """
+    _check_transformer(model)
     source = model.state_dict()
     with torch.no_grad():
         result = expand_state(model.config, source, target, options)
@@ -222,6 +236,7 @@ def grow_(
     target, optimizer state with no known transform) neither the model nor the optimizer
     changes. Hooks registered on replaced submodules do not carry over.
     """
+    _check_transformer(model)
     with torch.no_grad():
         result = expand_state(model.config, dict(model.named_parameters()), target, options)
     return resize_(model, optimizer, result, state_policy=state_policy, moment_powers=moment_powers)

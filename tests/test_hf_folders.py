@@ -227,6 +227,10 @@ BAD_FOLDERS = {
         lambda folder: _edit_config(folder, rope_parameters={"rope_theta": "1e4"}),
         "rope_parameters.rope_theta must be a finite number; got '1e4'",
     ),
+    "rope_theta_past_the_float_range": (
+        lambda folder: _edit_config(folder, rope_parameters=None, rope_theta=10**400),
+        "rope_theta must be a finite number; got 1000",
+    ),
     "tie_a_string": (
         lambda folder: _edit_config(folder, tie_word_embeddings="no"),
         "tie_word_embeddings must be true or false; got 'no'",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -138,8 +139,8 @@ layer_init = "copy"
             "lag-stack: growth points 1 and 2 of 4 both fall on step 1 of 800",
         ),
         (
-            '[model]\nn_layers = 8\n[train]\nsteps = 10\n[schedule]\nname = "midas"\nalpha = -5',
-            "midas: alpha must be a finite number ≥ 0",
+            '[model]\nn_layers = 8\n[train]\nsteps = 10\n[schedule]\nname = "midas"\nalpha = -50',
+            "midas: growth points 1 and 2 of 4 both fall on step",
         ),
         ('[schedule]\nname = "lag-stack"\nalpha = nan', "lag-stack: alpha must be a finite"),
     ],
@@ -270,7 +271,11 @@ DAMAGED_FIELDS = {
         "the optimizer state has parameter groups of",
     ),
     # torch's fused AdamW does not check moment shapes: this one crashed the process.
-    "moment_of_another_shape": (_exp_avg_of_shape(2), "optimizer exp_avg of parameter 0"),
+    "moment_of_another_shape": (
+        _exp_avg_of_shape(2),
+        "optimizer exp_avg of tok_emb.weight has shape (2,); the parameter's is",
+    ),
+    "flops_past_the_float_range": (_position(flops=10**400), "flops must be a finite number"),
 }
 
 
@@ -492,7 +497,7 @@ METRICS_ROWS = "1,64,1e9,0.1,5.0,5.1,0.001,100,0,32\n2,128,2e9,0.2,4.9,,0.001,10
     ("name", "content", "message"),
     [
         ("events.jsonl", '{"step": 1}\nnot json\n', "events.jsonl line 2 is not valid JSON"),
-        ("events.jsonl", "[" * 100_000, "events.jsonl line 1 is not valid JSON"),
+        ("events.jsonl", "[" * 100_000 + "\n", "events.jsonl line 1 is not valid JSON"),
         ("events.jsonl", "[1, 2]\n", "events.jsonl line 1 is not a growth event"),
         ("events.jsonl", '\n{"method": "stack"}\n', "events.jsonl line 2 is not a growth event"),
         ("events.jsonl", '{"step": "1"}\n', "it needs an integer step"),
@@ -698,14 +703,49 @@ def test_a_run_folder_or_plot_under_a_file_is_named(tmp_path, corpus, capsys):
     assert main([*args, "--out", str(out), "--no-progress"]) == 0
     assert main(["plot", str(out), "--out", str(tmp_path / "afile" / "loss.png")]) == 2
     assert f"{tmp_path / 'afile'} is not a folder" in capsys.readouterr().err
+    stale = tmp_path / "stale.png"
+    stale.symlink_to(tmp_path / "gone.png")  # a file output replaces the link itself
+    assert main(["plot", str(out), "--out", str(stale)]) == 0
+    assert stale.is_file() and not stale.is_symlink()
 
 
-def test_a_run_folder_inside_its_data_folder_is_refused(tmp_path, corpus, capsys):
+def test_a_run_folder_that_overlaps_its_data_is_refused(tmp_path, corpus, capsys):
     data = tmp_path / "data"
     data.mkdir()
-    corpus.rename(data / "corpus.txt")
-    out = data / "run"
-    args = ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--steps", "1"]
-    assert main(args) == 2
-    assert "is inside the data folder" in capsys.readouterr().err
-    assert not out.exists()
+    (data / "corpus.txt").write_text(corpus.read_text())
+    args = ["train", "--preset", "tiny", "--steps", "1", "--overwrite"]
+    for data_arg, out in ((data, data / "run"), (data, data), (data / "corpus.txt", data)):
+        assert main([*args, "--data", str(data_arg), "--out", str(out)]) == 2
+        assert "overlap" in capsys.readouterr().err
+    assert sorted(p.name for p in data.iterdir()) == ["corpus.txt"]
+
+
+def _resumable_run(tmp_path, corpus):
+    """A run of 4 steps checkpointed at 2, as if stopped after step 4's log: resuming
+    restarts at step 2 and drops what the logs hold past it."""
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out)]
+    assert main([*args, "--steps", "2", "--no-progress"]) == 0
+    assert main(["train", "--out", str(out), "--steps", "4", "--resume", "--no-progress"]) == 0
+    shutil.rmtree(out / "checkpoints" / "step_0000004")
+    return out
+
+
+def test_a_damaged_event_log_is_refused_before_the_run_files_change(tmp_path, corpus, capsys):
+    out = _resumable_run(tmp_path, corpus)
+    with (out / "events.jsonl").open("a") as f:
+        f.write("not json\n")
+    before = {name: (out / name).read_bytes() for name in ("run.json", "metrics.csv")}
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--steps", "6", "--resume", "--no-progress"]) == 2
+    assert "events.jsonl line 1 is not valid JSON" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_a_row_torn_by_a_crash_does_not_block_resume(tmp_path, corpus):
+    out = _resumable_run(tmp_path, corpus)
+    text = (out / "metrics.csv").read_text()
+    (out / "metrics.csv").write_text(text[: text.rstrip("\n").rfind(",")])  # step 4 cut short
+    assert main(["train", "--out", str(out), "--steps", "6", "--resume", "--no-progress"]) == 0
+    steps = [int(row["step"]) for row in read_metrics(out)]
+    assert steps[-1] == 6 and steps == sorted(set(steps))

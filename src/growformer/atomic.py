@@ -26,11 +26,13 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def creation_problem(path: Path) -> str | None:
-    """Why nothing could be created at ``path``: it is a symbolic link to nothing, or its
-    nearest existing ancestor is not a folder; None when neither (checked before any work, so
-    that the error names the path instead of an errno)."""
-    if path.is_symlink() and not path.exists():
+def creation_problem(path: Path, *, folder: bool = True) -> str | None:
+    """Why nothing could be created at ``path``: its nearest existing ancestor is not a
+    folder, or (for a ``folder``, which would be made at the link's target) it is a symbolic
+    link to nothing; None when neither. Checked before any work, so that the error names the
+    path instead of an errno. A file is written beside ``path`` and renamed over it, which
+    replaces a link itself."""
+    if folder and path.is_symlink() and not path.exists():
         return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
     for parent in path.absolute().parents:
         if parent.exists() or parent.is_symlink():

@@ -20,8 +20,8 @@ causal-mask ``attn.bias``, old ``rotary_emb.inv_freq``) are dropped.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -455,7 +455,8 @@ def number(value: Any, key: str, family: str, default: float) -> float:
     or null); ``FormatError`` unless it is a finite JSON number."""
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    finite = isinstance(value, int | float) and abs(value) <= sys.float_info.max  # not nan
+    if isinstance(value, bool) or not finite:
         raise FormatError(f"{family} config.json: {key} must be a finite number; got {value!r}")
     return float(value)
 

@@ -10,15 +10,16 @@ are a function of the step, so the step is the data position. ``trainer.pt`` loa
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import pickle
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from growformer.model import Transformer
 from growformer.model_io import CheckpointError, atomic_directory, load_model, save_model
@@ -65,8 +66,7 @@ class RunPosition:
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
+                or not 0 <= value <= sys.float_info.max  # also nan, and ints past floats
             ):
                 raise ValueError(f"position {name} must be a finite number >= 0; got {value!r}")
         return cls(**data)
@@ -155,11 +155,12 @@ def _check_optimizer_layout(state: Any) -> None:
 
 
 def check_optimizer_fits(
-    optimizer: torch.optim.Optimizer, state: dict[str, Any], where: str
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], where: str, model: nn.Module
 ) -> None:
-    """``CheckpointError`` (naming ``where``) unless the state dict ``state`` fits
-    ``optimizer``: as many groups of as many parameters, and every stored tensor other than
-    ``step`` of its parameter's shape (torch's fused AdamW does not check, and crashes)."""
+    """``CheckpointError`` (naming ``where`` and the parameter of ``model``) unless the state
+    dict ``state`` fits ``optimizer``: as many groups of as many parameters, and every stored
+    tensor other than ``step`` of its parameter's shape (torch's fused AdamW does not check,
+    and crashes)."""
     saved = [len(g["params"]) for g in state["param_groups"]]
     own = [len(g["params"]) for g in optimizer.param_groups]
     if saved != own:
@@ -172,6 +173,7 @@ def check_optimizer_fits(
         for saved_group, group in zip(state["param_groups"], optimizer.param_groups, strict=True)
         for key, param in zip(saved_group["params"], group["params"], strict=True)
     }
+    names = {id(param): name for name, param in model.named_parameters()}
     for key, entries in state["state"].items():
         if key not in params:
             raise CheckpointError(f"{where}: the optimizer state names no parameter {key!r}")
@@ -179,8 +181,8 @@ def check_optimizer_fits(
             shape = tuple(params[key].shape)
             if name != "step" and isinstance(value, torch.Tensor) and tuple(value.shape) != shape:
                 raise CheckpointError(
-                    f"{where}: optimizer {name} of parameter {key!r} has shape "
-                    f"{tuple(value.shape)}; the parameter's is {shape}"
+                    f"{where}: optimizer {name} of {names.get(id(params[key]), key)} has "
+                    f"shape {tuple(value.shape)}; the parameter's is {shape}"
                 )
 
 

@@ -195,13 +195,16 @@ def run_training(
     the run are validated."""
     out = Path(out)
     fresh = resume is not True and int(os.environ.get("RANK", "0")) == 0
+    if spec.data is not None:
+        data, run = Path(spec.data).resolve(), out.resolve()
+        if data == run or data in run.parents or run in data.parents:
+            raise TrainConfigError(
+                f"run folder {out} and data {spec.data} overlap: a data folder's every file is "
+                "read as data (the run's own, on resume) and --overwrite would delete data "
+                "inside the run folder; choose an --out apart from --data"
+            )
     if fresh:
         check_run_dir(out, overwrite)
-    if spec.data is not None and Path(spec.data).resolve() in out.resolve().parents:
-        raise TrainConfigError(
-            f"run folder {out} is inside the data folder {spec.data}, every file of which is "
-            "read as data (a resume would read the run's own files): choose an --out outside it"
-        )
     dataset = dataset or load_run_data(spec)
     data_record = {
         "source": dataset.source,
@@ -321,7 +324,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.runs[0]) / "loss.png")
-    problem = creation_problem(Path(out))
+    problem = creation_problem(Path(out), folder=False)
     if problem:
         raise TrainConfigError(f"--out {out}: {problem}")
     print(plot_runs(args.runs, out))

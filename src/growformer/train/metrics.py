@@ -51,9 +51,9 @@ class MetricsLog:
 
     def _truncate(self, step: int) -> None:
         rows = read_metrics(self.run_dir) if self.path.exists() else []
+        events = read_events(self.run_dir) if self.events_path.exists() else []
         kept = [r for r in rows if int(r["step"]) <= step]
         atomic_write(self.path, _csv_text(kept, header=True).encode())
-        events = read_events(self.run_dir) if self.events_path.exists() else []
         kept_events = "".join(json.dumps(e) + "\n" for e in events if e["step"] < step)
         atomic_write(self.events_path, kept_events.encode())
 
@@ -96,14 +96,25 @@ def _tensorboard_writer(run_dir: Path) -> Any:
 _PARSED = {"step": int, "time": float, "flops": float, "val_loss": float}
 
 
+def _complete_lines(path: Path) -> str:
+    """The text of ``path`` up to its last newline: a last line without one is a row being
+    appended (or cut short by a crash), left out. ``TrainConfigError`` unless UTF-8."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise TrainConfigError(f"{path} is not UTF-8 text ({error})") from None
+    return text[: text.rfind("\n") + 1]
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """The rows of ``RUN_DIR/metrics.csv``; ``TrainConfigError`` naming the file and line where
-    it is not the trainer's: a header without step, time, flops and val_loss, a row with
-    another number of values than the header, a value of those columns that does not parse."""
+    """The complete rows of ``RUN_DIR/metrics.csv`` (see ``_complete_lines``);
+    ``TrainConfigError`` naming the file and line where it is not the trainer's: a header
+    without step, time, flops and val_loss, a row with another number of values than the
+    header, a value of those columns that does not parse."""
     path = Path(run_dir) / METRICS_FILE
     rows: list[dict[str, str]] = []
     try:
-        with path.open(newline="") as f:
+        with io.StringIO(_complete_lines(path), newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
@@ -117,8 +128,6 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, str]]:
             for values in reader:
                 if values:
                     rows.append(_metrics_row(header, values, f"{path} line {reader.line_num}"))
-    except UnicodeDecodeError as error:
-        raise TrainConfigError(f"{path} is not UTF-8 text ({error})") from None
     except csv.Error as error:
         raise TrainConfigError(f"{path} is not valid CSV ({error})") from None
     return rows
@@ -144,13 +153,11 @@ def _metrics_row(header: list[str], values: list[str], where: str) -> dict[str, 
 
 
 def read_events(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The growth events of ``RUN_DIR/events.jsonl``; ``TrainConfigError`` naming the file and
-    line of one that is not JSON or not an event (an object with an integer ``step``)."""
+    """The complete growth events of ``RUN_DIR/events.jsonl`` (see ``_complete_lines``);
+    ``TrainConfigError`` naming the file and line of one that is not JSON or not an event (an
+    object with an integer ``step``)."""
     path = Path(run_dir) / EVENTS_FILE
-    try:
-        lines = path.read_text().split("\n")
-    except UnicodeDecodeError as error:
-        raise TrainConfigError(f"{path} is not UTF-8 text ({error})") from None
+    lines = _complete_lines(path).split("\n")
     events = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

@@ -403,8 +403,8 @@ def midas_schedule(
 ) -> Schedule:
     """MIDAS: from ``start_layers`` (default half the target), duplicate the middle block of
     ``block`` layers at each growth point until the target depth; stage ``i`` of ``k`` lasts
-    in proportion to ``i**alpha`` (``alpha`` a finite number ≥ 0; 0: equal stages), the last
-    growth at ``end``·steps."""
+    in proportion to ``i**alpha`` (``alpha`` any finite number; 0: equal stages, negative:
+    the early stages longer), the last growth at ``end``·steps."""
     first, points = _gradual_depths(target, train, "midas", block, start_layers, alpha, end)
     events = tuple(
         GrowthEvent(step=step, sizes={"n_layers": n}, method="midas", midas_block=block)
@@ -462,9 +462,9 @@ def _gradual_depths(
             f"{name}: from {first} layers the target's {target.n_layers} is not reachable in "
             f"blocks of {block}"
         )
-    if not 0 <= alpha <= sys.float_info.max:  # also nan, and integers past the float range
+    if not abs(alpha) <= sys.float_info.max:  # also nan, and integers past the float range
         raise TrainConfigError(
-            f"{name}: alpha must be a finite number ≥ 0 (stage i lasts in proportion to "
+            f"{name}: alpha must be a finite number (stage i lasts in proportion to "
             f"i**alpha; 0: equal stages), got {alpha!r}"
         )
     _at(end, train.steps, f"{name}: end")
@@ -482,8 +482,8 @@ def _gradual_depths(
             raise TrainConfigError(
                 f"{name}: growth points {i} and {i + 1} of {n_growths} both fall on step {step} "
                 f"of {train.steps} (stage lengths ∝ i**alpha with alpha {alpha!r}, the last "
-                f"growth at end {end!r}): lower alpha, grow fewer times (a larger block or "
-                "start_layers) or train more steps"
+                f"growth at end {end!r}): bring alpha closer to 0, grow fewer times (a larger "
+                "block or start_layers) or train more steps"
             )
         points.append((step, first + (i + 1) * block))
         previous = step

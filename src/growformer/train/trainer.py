@@ -185,12 +185,14 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer = _adamw(self.model, self.train)
         if checkpoint is not None:
-            check_optimizer_fits(self.optimizer, optimizer_state, str(checkpoint / TRAINER_FILE))
+            where = str(checkpoint / TRAINER_FILE)
+            check_optimizer_fits(self.optimizer, optimizer_state, where, self.model)
             self.optimizer.load_state_dict(optimizer_state)
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _write_run_json(self)
+            # The logs first: a resume reads (and checks) them before run.json is rewritten.
             self.log = MetricsLog(self.run_dir, self.position.step if checkpoint else None)
+            _write_run_json(self)
         self._wrap()
 
     def _wrap(self) -> None:

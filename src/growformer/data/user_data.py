@@ -9,12 +9,12 @@ Anything else raises ``DataError`` naming the file and what is allowed, before a
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from growformer.data.corpus import DataError, Document
+from growformer.jsonl import JsonLineError, json_lines
 
 TEXT_SUFFIXES = frozenset(
     {".txt", ".text", ".md", ".markdown", ".rst", ".tex", ".html", ".htm", ".xml", ".csv"}
@@ -89,29 +89,30 @@ def _read_utf8(path: Path) -> str:
 
 def _jsonl_documents(path: Path, name: str, text_field: str) -> list[Document]:
     docs = []
-    # Lines end at \n only: JSON strings may hold U+2028 and U+0085 unescaped.
-    for number, line in enumerate(_read_utf8(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError) as e:
-            raise DataError(f"{path}:{number}: not valid JSON ({e})") from e
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: each line must be a JSON object with {text_field!r}")
-        if text_field not in record:
-            raise DataError(
-                f"{path}:{number}: no field {text_field!r} (fields: {sorted(record)}); "
-                "choose the field with --text-field (text_field in a run file)"
-            )
-        text = record[text_field]
-        if not isinstance(text, str):
-            raise DataError(
-                f"{path}:{number}: field {text_field!r} must be a string, got {type(text).__name__}"
-            )
-        if text:
-            docs.append(Document(f"{name}:{number}", text))
+    try:
+        for number, record in json_lines(_read_utf8(path)):
+            docs.extend(_jsonl_document(record, f"{path}:{number}", f"{name}:{number}", text_field))
+    except JsonLineError as e:
+        raise DataError(f"{path}:{e.number}: not valid JSON ({e.reason})") from e
     return docs
+
+
+def _jsonl_document(record: object, where: str, name: str, text_field: str) -> list[Document]:
+    """The document of one JSON line (none when its text is empty); ``DataError`` naming
+    ``where`` unless it is an object whose ``text_field`` is a string."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: each line must be a JSON object with {text_field!r}")
+    if text_field not in record:
+        raise DataError(
+            f"{where}: no field {text_field!r} (fields: {sorted(record)}); "
+            "choose the field with --text-field (text_field in a run file)"
+        )
+    text = record[text_field]
+    if not isinstance(text, str):
+        raise DataError(
+            f"{where}: field {text_field!r} must be a string, got {type(text).__name__}"
+        )
+    return [Document(name, text)] if text else []
 
 
 def check_text_field(text_field: object) -> None:

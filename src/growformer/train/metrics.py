@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from growformer.atomic import atomic_write
+from growformer.jsonl import JsonLineError, json_lines
 from growformer.train.config import TrainConfigError
 
 METRICS_FILE = "metrics.csv"
@@ -157,19 +158,15 @@ def read_events(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     ``TrainConfigError`` naming the file and line of one that is not JSON or not an event (an
     object with an integer ``step``)."""
     path = Path(run_dir) / EVENTS_FILE
-    lines = _complete_lines(path).split("\n")
     events = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except (ValueError, RecursionError) as error:
-            raise TrainConfigError(f"{path} line {number} is not valid JSON ({error})") from None
-        step = event.get("step") if isinstance(event, dict) else None
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise TrainConfigError(
-                f"{path} line {number} is not a growth event: it needs an integer step"
-            )
-        events.append(event)
+    try:
+        for number, event in json_lines(_complete_lines(path)):
+            step = event.get("step") if isinstance(event, dict) else None
+            if isinstance(step, bool) or not isinstance(step, int):
+                raise TrainConfigError(
+                    f"{path} line {number} is not a growth event: it needs an integer step"
+                )
+            events.append(event)
+    except JsonLineError as error:
+        raise TrainConfigError(f"{path} {error}") from None
     return events

@@ -125,6 +125,9 @@ layer_init = "copy"
         ("[model]\nmax_seq_len = 64\n[train]\nseq_len = 128", "longer than [model] max_seq_len"),
         ("[train]\nseed = 18446744073709551616", "seed must be an integer ≤ 18446744073709551615"),
         ("[model]\nnorm_eps = 1e400", "norm_eps must be a finite number > 0"),
+        # Integers past the float range (math.isfinite raised OverflowError on them).
+        (f"[train]\nlr = 1{'0' * 400}", "lr must be a finite number ≥ 0"),
+        (f"[[schedule.grow]]\nat = 1{'0' * 400}\nffn = 512", "at must be a fraction"),
         # A schedule name that is not a string (was: TypeError, unhashable list).
         ('[schedule]\nname = ["midas"]', "schedule must be one of scratch, compound, stack,"),
         # Gradual stacking's alpha (was: OverflowError in (i + 1) ** alpha, or a message

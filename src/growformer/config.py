@@ -109,7 +109,7 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
-            if not (_finite(value) and value > 0):
+            if not (is_finite(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
         if self.rope_theta <= 1:
             raise ConfigError(f"rope_theta must be > 1, got {self.rope_theta!r}")
@@ -202,8 +202,8 @@ def seed_arg(text: str) -> int:
     return seed
 
 
-def _finite(value: int | float) -> bool:
-    """False for inf, nan and an int too large for a float."""
+def is_finite(value: int | float) -> bool:
+    """False for inf, nan and an int too large for a float (where ``math.isfinite`` raises)."""
     try:
         return math.isfinite(value)
     except OverflowError:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from growformer.config import ConfigError, ModelConfig
+from growformer.config import ConfigError, ModelConfig, is_finite
 from growformer.expand import GrowthOptions, expand_state, resolve_target
 from growformer.expand._ops import DimChange, Rng, grow_tensor, prefix_index
 from growformer.model import Transformer, check_weight_dtypes, model_from_state
@@ -455,8 +454,7 @@ def number(value: Any, key: str, family: str, default: float) -> float:
     or null); ``FormatError`` unless it is a finite JSON number."""
     if value is None:
         return default
-    finite = isinstance(value, int | float) and abs(value) <= sys.float_info.max  # not nan
-    if isinstance(value, bool) or not finite:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not is_finite(value):
         raise FormatError(f"{family} config.json: {key} must be a finite number; got {value!r}")
     return float(value)
 

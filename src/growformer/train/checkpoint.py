@@ -13,7 +13,6 @@ import dataclasses
 import os
 import pickle
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from growformer.config import is_finite
 from growformer.model import Transformer
 from growformer.model_io import CheckpointError, atomic_directory, load_model, save_model
 
@@ -66,7 +66,8 @@ class RunPosition:
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
-                or not 0 <= value <= sys.float_info.max  # also nan, and ints past floats
+                or not is_finite(value)
+                or value < 0
             ):
                 raise ValueError(f"position {name} must be a finite number >= 0; got {value!r}")
         return cls(**data)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from growformer.config import MAX_SEED, ModelConfig
+from growformer.config import MAX_SEED, ModelConfig, is_finite
 
 DTYPES = ("float32", "bfloat16")
 
@@ -65,7 +64,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TrainConfigError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
+            if not is_finite(value) or value < 0:
                 raise TrainConfigError(f"{name} must be a finite number ≥ 0, got {value!r}")
         if self.lr == 0:
             raise TrainConfigError("lr must be > 0")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch import Tensor
 
+from growformer.config import is_finite
 from growformer.model import Transformer
 
 
@@ -29,7 +28,7 @@ def sample(
     ``max_seq_len`` (the last tokens are kept). Reproducible for a seed. Returns prompt + new
     tokens, 1-D.
     """
-    if not 0 <= temperature <= sys.float_info.max:  # also nan
+    if not (is_finite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number ≥ 0, got {temperature}")
     model.eval()
     generator = torch.Generator().manual_seed(seed)

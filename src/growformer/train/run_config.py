@@ -26,14 +26,13 @@ TOML layout (every table optional; a preset supplies what is left out)::
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
+from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig, is_finite
 from growformer.data import DEFAULT_TEXT_FIELD, DataError
 from growformer.data.user_data import check_text_field
 from growformer.expand import GrowthError, GrowthOptions
@@ -232,7 +231,7 @@ def _event(table: dict[str, Any], train: TrainConfig, index: int) -> GrowthEvent
         raise TrainConfigError(f"{where}: give exactly one of at (fraction), step or tokens")
     anchor = table.pop(anchors[0])
     number = isinstance(anchor, int | float) and not isinstance(anchor, bool)
-    if anchors[0] == "at" and not (number and math.isfinite(anchor)):
+    if anchors[0] == "at" and not (number and is_finite(anchor)):
         raise TrainConfigError(f"{where}: at must be a fraction of the steps, got {anchor!r}")
     if anchors[0] != "at" and not (number and isinstance(anchor, int)):
         raise TrainConfigError(f"{where}: {anchors[0]} must be an integer, got {anchor!r}")

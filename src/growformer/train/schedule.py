@@ -14,14 +14,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig
+from growformer.config import SIZE_FIELDS, ConfigError, ModelConfig, is_finite
 from growformer.expand import (
     BLOCK_POSITIONS,
     STACK_METHODS,
@@ -462,7 +461,7 @@ def _gradual_depths(
             f"{name}: from {first} layers the target's {target.n_layers} is not reachable in "
             f"blocks of {block}"
         )
-    if not abs(alpha) <= sys.float_info.max:  # also nan, and integers past the float range
+    if not is_finite(alpha):
         raise TrainConfigError(
             f"{name}: alpha must be a finite number (stage i lasts in proportion to "
             f"i**alpha; 0: equal stages), got {alpha!r}"

@@ -53,7 +53,7 @@ def check_fits_in_memory(
     unknown."""
     have = device_memory(device)
     n = config.num_parameters()
-    need = n * torch.empty((), dtype=dtype).element_size()
+    need = n * dtype.itemsize
     if have is not None and need > have:
         raise ConfigError(
             f"{what} has {n:,} parameters, {need / 2**30:,.1f} GiB in {_dtype_name(dtype)}: "

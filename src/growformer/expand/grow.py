@@ -119,11 +119,11 @@ def expand_state(
     new layers are added to the result. Unchanged tensors pass through by reference.
     """
     o = options or GrowthOptions()
+    goal = resolve_target(config, target)
     if state:  # before planning, whose index maps are as long as the new sizes
         some = next(iter(state.values()))
-        goal = resolve_target(config, target)
         check_fits_in_memory(goal, some.dtype, some.device, "the grown model")
-    goal, steps = _plan(config, target, o)
+    steps = _plan(config, goal, o)
     if steps:
         current = apply_steps(config, state, steps, o.seed)
     else:
@@ -149,14 +149,13 @@ def check_growth(
 ) -> ModelConfig:
     """The config ``expand_state`` would grow ``config`` into, planned and validated from the
     configs alone (no weights): raises the ``GrowthError`` growing would raise."""
-    return _plan(config, target, options or GrowthOptions())[0]
-
-
-def _plan(
-    config: ModelConfig, target: ModelConfig | Mapping[str, int], o: GrowthOptions
-) -> tuple[ModelConfig, list[Step]]:
-    """The resolved target and the planned width steps; the layer growth is checked."""
     goal = resolve_target(config, target)
+    _plan(config, goal, options or GrowthOptions())
+    return goal
+
+
+def _plan(config: ModelConfig, goal: ModelConfig, o: GrowthOptions) -> list[Step]:
+    """The width steps from ``config`` to the resolved ``goal``; the layer growth is checked."""
     steps: list[Step] = []
 
     def now() -> ModelConfig:
@@ -176,7 +175,7 @@ def _plan(
         steps.append(plan_positions(now(), goal.max_seq_len))
     if goal.n_layers != now().n_layers:
         check_layers(now(), goal.n_layers, o.where, o.layer_init, o.approximate)
-    return goal, steps
+    return steps
 
 
 def _then(current: Expansion, later: Expansion) -> Expansion:

@@ -178,8 +178,8 @@ def check_optimizer_fits(
     for key, entries in state["state"].items():
         if key not in params:
             raise CheckpointError(f"{where}: the optimizer state names no parameter {key!r}")
+        shape = tuple(params[key].shape)
         for name, value in entries.items():
-            shape = tuple(params[key].shape)
             if name != "step" and isinstance(value, torch.Tensor) and tuple(value.shape) != shape:
                 raise CheckpointError(
                     f"{where}: optimizer {name} of {names.get(id(params[key]), key)} has "

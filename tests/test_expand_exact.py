@@ -397,7 +397,7 @@ def test_random_fills_do_not_repeat_across_tensors_or_growths():
     ("target", "name"),
     [
         ({"ffn": 1024}, "layers.0.mlp.up.weight"),  # new rows
-        ({"hidden": 256}, "layers.0.attn.q.weight"),  # new input columns
+        ({"hidden": 256}, "layers.0.attn.v.weight"),  # new input columns
         ({"hidden": 256}, "layers.1.mlp.up.weight"),
         ({"n_heads": 16}, "layers.0.attn.k.weight"),  # new kv groups' rows
         ({"qk_head_dim": 64}, "layers.1.attn.q.weight"),  # new rows among scaled ones
@@ -414,6 +414,25 @@ def test_random_fills_have_the_source_scale(target, name):
     assert new.numel() >= 4096
     assert abs(float(new.mean())) < 0.05 * float(source.std())
     assert float(new.std()) == pytest.approx(float(source.std()), rel=0.05)
+
+
+@pytest.mark.parametrize("variant", ["llama_gqa_tied_eps", "gpt2_all_bias"])
+def test_hidden_growth_gives_random_new_columns_to_v_up_and_w_u_only(variant):
+    """Q, K and gate read the new coordinates through zero columns (learned scores and gates
+    stay put as the coordinates come alive); V, up and an untied W_U through random ones."""
+    config = VARIANTS[variant].replace(tie_embeddings=False)
+    grown, record = grow(make_model(config), {"hidden": config.hidden + 8})
+    random, zero = ["attn.v", "mlp.up", "lm_head"], ["attn.q", "attn.k", "mlp.gate"]
+    seen = set()
+    for name, tensor in grown.state_dict().items():
+        part = next((p for p in random + zero if f"{p}.weight" in name), None)
+        if part is None:
+            continue
+        new = tensor[:, config.hidden :]
+        assert torch.equal(tensor[~record[name].carried_mask(tensor.shape)], new.reshape(-1))
+        assert new.any() == (part in random), name
+        seen.add(part)
+    assert seen == set(random + zero) - ({"mlp.gate"} if config.mlp != "swiglu" else set())
 
 
 def test_a_new_identity_layer_copies_norms_zeroes_biases_and_draws_the_rest():

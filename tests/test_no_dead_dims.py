@@ -1,8 +1,9 @@
 """After growth every new parameter entry learns: AdamW steps on the real loss move it.
 
-Zero-initialized entries (new W_O columns, MLP down columns, writers' new rows, new K rows) and
-the random ones they gate (new Q/K/V, up and gate rows, readers' new columns, new gains) get
-gradient at the first or the second step; an entry that has not moved at either step is dead.
+Zero-initialized entries (new W_O columns, MLP down columns, writers' new rows, new K rows, the
+new input columns of Q, K and gate) and the random ones they gate (new Q/K/V, up and gate rows,
+the new input columns of V, up and W_U, new gains) get gradient at the first or the second step;
+an entry that has not moved at either step is dead.
 The batch holds every token id and uses the full max_seq_len, so every embedding and position
 row gets gradient. Tiling creates no new entries, so only the zero-style inits appear here.
 

@@ -1,8 +1,16 @@
 """Hidden (residual) width h → ĥ, new coordinates appended.
 
 Writers (token and position embeddings, W_O, MLP down and their biases) give the new residual
-coordinates a value every normed reader ignores; readers (Q, K, V, up, gate, W_U) get random new
-input columns, which see only zeros at first.
+coordinates a value every normed reader ignores, so the readers' new input columns see only zeros
+at first and any value keeps the function. V, up and an untied W_U get random ones: through them
+the loss reaches the new coordinates, so the writers' new rows learn at the first step. Q, K and
+gate get zero ones, which learn from the second step on (once the new coordinates are non-zero),
+so that the attention scores and gates the model has learned are not perturbed at random as the
+new coordinates come alive. Measured against random columns for every reader (2 layers, hidden
+64, SwiGLU, stdlib prose, 300 AdamW steps with the state carried through growth to hidden 96 or
+128, then 500 steps; 3 seeds each): the same final validation loss (means 2.6317 vs 2.6326 at
+96, 2.6180 vs 2.6187 at 128), a smaller jump 5 steps after growth in all 6 runs, and 56% fewer
+normals to draw (8.6M instead of 19.7M for the 110M-parameter model of bench/grow_speed.py).
 
 - RMSNorm: writers' new rows are zero. The mean square over ĥ is h/ĥ of the old one, so every
   gain is multiplied by √(h/ĥ) **and eps by h/ĥ**, which makes each norm exact. New gains are the
@@ -77,6 +85,7 @@ def plan_hidden(config: ModelConfig, hidden: int, *, approximate: bool = False) 
     gain_scale = torch.full((hidden,), math.sqrt(c.hidden / hidden), dtype=torch.float64)
     gain = DimChange(0, index, "mean", value_scale=gain_scale, grad_scale=1.0 / gain_scale)
     reader = DimChange(1, index, "random")
+    quiet_reader = DimChange(1, index, "zero")
     embedding = DimChange(1, index, writer_fill)
     writer = DimChange(0, index, writer_fill)
     norm_bias = DimChange(0, index, "zero")
@@ -91,9 +100,10 @@ def plan_hidden(config: ModelConfig, hidden: int, *, approximate: bool = False) 
             changes[f"{norm}.bias"] = norm_bias
     for i in range(c.n_layers):
         prefix = f"layers.{i}."
-        readers = ["attn.q", "attn.k", "attn.v", "mlp.up"] + ["mlp.gate"] * (c.mlp == "swiglu")
-        for part in readers:
+        for part in ["attn.v", "mlp.up"]:
             changes[f"{prefix}{part}.weight"] = reader
+        for part in ["attn.q", "attn.k"] + ["mlp.gate"] * (c.mlp == "swiglu"):
+            changes[f"{prefix}{part}.weight"] = quiet_reader
         writers = [("attn.o", c.attn_out_bias), ("mlp.down", c.mlp_bias)]
         for part, has_bias in writers:
             changes[f"{prefix}{part}.weight"] = writer

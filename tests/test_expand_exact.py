@@ -455,6 +455,34 @@ def test_a_new_identity_layer_copies_norms_zeroes_biases_and_draws_the_rest():
             assert not torch.equal(tensor, source), name
 
 
+def test_lazy_zeros_is_a_writable_zero_tensor_on_either_side_of_its_threshold():
+    from growformer.expand._ops import _LAZY_ZEROS_MIN_BYTES, lazy_zeros
+
+    for shape in [(3, 5), (_LAZY_ZEROS_MIN_BYTES // 4, 3)]:
+        t = lazy_zeros(shape, torch.bfloat16, torch.device("cpu"))
+        assert t.shape == shape and t.dtype == torch.bfloat16 and t.is_contiguous()
+        assert not t.any()
+        t[-1, -1] = 2
+        assert float(t.sum()) == 2
+
+
+@pytest.mark.parametrize("kind", ["all_fields_zero", "layers_end_identity"])
+def test_growth_into_lazy_zero_pages_gives_the_same_weights(kind, monkeypatch):
+    """Tiny models stay below the mapped-memory threshold; lower it so every grown tensor is
+    mapped: the zero fills that are then skipped leave the same weights."""
+    from growformer.expand import _ops
+
+    config = VARIANTS["gpt2_all_bias"]
+    model = make_model(config)
+    target, options = expansion(kind, config)
+    heap, _ = grow(model, target, options)
+    monkeypatch.setattr(_ops, "_LAZY_ZEROS_MIN_BYTES", 1)
+    mapped, _ = grow(model, target, options)
+    for (n, p), q in zip(heap.named_parameters(), mapped.parameters(), strict=True):
+        assert torch.equal(p, q), n
+    assert_same_function(model, mapped, tokens_for(config), RTOL[torch.float64])
+
+
 def test_fills_split_in_small_chunks_are_exact_and_do_not_depend_on_threads(monkeypatch):
     """Tiny models fill in one chunk; force many (strided ones included) on pools of 1 and 3
     threads: the same weights, still exact."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import mmap
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -260,6 +261,26 @@ def sample_std(t: Tensor, max_samples: int = 1 << 13) -> float:
     return std if std > 0 else 0.02
 
 
+_LAZY_ZEROS_MIN_BYTES = 1 << 20
+_PRIVATE_ANONYMOUS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+
+
+def lazy_zeros(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A contiguous zero tensor whose zeros cost nothing until touched.
+
+    On CPU, from 1 MiB up (where mmap has private anonymous maps), it lives in fresh anonymous
+    memory: the kernel hands out zeroed pages on first touch, as ``calloc`` relies on, so a
+    grown tensor is written once (carried and random entries only, no zero-fill pass), and pages
+    that hold only zeros (a writer's new rows) are not mapped until used. The memory is freed
+    with the tensor. Elsewhere it is ``torch.zeros``.
+    """
+    nbytes = math.prod(shape) * dtype.itemsize
+    if device.type != "cpu" or nbytes < _LAZY_ZEROS_MIN_BYTES or not _PRIVATE_ANONYMOUS:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    pages = mmap.mmap(-1, nbytes, flags=_PRIVATE_ANONYMOUS)
+    return torch.frombuffer(pages, dtype=dtype).view(shape)
+
+
 def prefix_index(n_old: int, n_new: int) -> Tensor:
     """Old positions kept in place, new ones appended: ``[0, …, n_old-1, -1, …]``."""
     index = torch.full((n_new,), -1, dtype=torch.long)
@@ -310,13 +331,14 @@ def grow_tensor(
     out: Tensor | None = None,
 ) -> Tensor:
     """Build the grown tensor that ``change`` describes (see ``DimChange``), writing each entry
-    once: into ``out`` when given (of the grown shape), else into a new tensor. ``key`` names the
-    tensor for ``rng``."""
+    at most once: into ``out`` when given (of the grown shape), else into a new ``lazy_zeros``
+    tensor, where zero fills are not written at all. ``key`` names the tensor for ``rng``."""
     dim, index = change.dim, change.index
     shape = list(old.shape)
     shape[dim] = len(index)
+    zeroed = out is None
     if out is None:
-        out = torch.empty(shape, dtype=old.dtype, device=old.device)
+        out = lazy_zeros(shape, old.dtype, old.device)
     elif list(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, the change needs {tuple(shape)}")
     runs = change.carried_runs
@@ -341,8 +363,9 @@ def grow_tensor(
     if not blocks:
         return out
     if change.fill == "zero":
-        for block in blocks:
-            block.zero_()
+        if not zeroed:
+            for block in blocks:
+                block.zero_()
     elif change.fill == "random":
         rng.normal_(blocks, sample_std(old), key=key)
     else:

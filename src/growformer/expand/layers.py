@@ -26,6 +26,7 @@ from growformer.expand._ops import (
     Rng,
     check_choice,
     check_not_smaller,
+    lazy_zeros,
     sample_std,
 )
 from growformer.resize import ParamResize, ResizeRecord
@@ -161,7 +162,7 @@ def _new_layer_weight(
 ) -> tuple[Tensor, bool]:
     """The new block's weight ``name`` and whether it is carried (copied) from the neighbour."""
     if suffix.startswith(_ZEROED):
-        return torch.zeros_like(neighbour), False
+        return lazy_zeros(neighbour.shape, neighbour.dtype, neighbour.device), False
     if init == "copy" or "norm." in suffix:
         return neighbour.clone(), True
     if suffix.endswith("bias"):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
 from growformer.config import SIZE_FIELDS, ModelConfig
 from growformer.expand import GrowthOptions
-from growformer.train.checkpoint import latest_checkpoint
+from growformer.train.checkpoint import TRAINER_FILE, RunPosition, latest_checkpoint, read_position
 from growformer.train.config import TrainConfig, TrainConfigError
 from growformer.train.metrics import read_events, read_metrics
 from growformer.train.schedule import SCHEDULES, GrowthEvent, Schedule, named_schedule
@@ -262,3 +263,30 @@ def test_a_run_files_model_vocab_size_sizes_the_tokenizer():
 
     assert run_spec("tiny").vocab_size == 512
     assert run_spec("tiny", model={"vocab_size": 300}).vocab_size == 300
+
+
+def _peak_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="Linux peak RSS")
+def test_reading_a_checkpoint_position_does_not_read_the_optimizer_state(tmp_path):
+    """A resume checks the position before it loads the checkpoint: the moments (twice the
+    model) are not read for it."""
+    moments = {"exp_avg": torch.ones(1 << 23), "exp_avg_sq": torch.ones(1 << 23)}  # 64 MiB
+    state = {
+        "position": RunPosition(step=3).to_dict(),
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(3.0), **moments}},
+            "param_groups": [{"params": [0], "lr": 1e-3}],
+        },
+        "torch_rng": torch.get_rng_state(),
+    }
+    torch.save(state, tmp_path / TRAINER_FILE)
+    del state, moments
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    before = _peak_rss_kib()
+    assert read_position(tmp_path).step == 3
+    assert _peak_rss_kib() - before < 16 * 1024

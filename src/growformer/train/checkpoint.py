@@ -112,14 +112,17 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def read_position(path: str | os.PathLike) -> RunPosition:
-    """The run position stored in checkpoint ``path`` (without loading the model)."""
-    return RunPosition.from_dict(_trainer_state(Path(path))["position"])
+    """The run position stored in checkpoint ``path``, the trainer state checked as
+    ``load_checkpoint`` checks it, without reading the model or the optimizer's tensors."""
+    return RunPosition.from_dict(_trainer_state(Path(path), mmap=True)["position"])
 
 
-def _trainer_state(path: Path) -> dict[str, Any]:
+def _trainer_state(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """The validated contents of ``path``'s trainer file; with ``mmap`` its tensors are mapped
+    from the file, not read (for a look at the rest)."""
     file = path / TRAINER_FILE
     try:
-        state = torch.load(file, weights_only=True, map_location="cpu")
+        state = torch.load(file, weights_only=True, map_location="cpu", mmap=mmap)
         if not isinstance(state, dict):
             raise TypeError(f"holds a {type(state).__name__}, not a dict")
         missing = {"position", "optimizer", "torch_rng"} - set(state)

@@ -455,14 +455,16 @@ def test_a_new_identity_layer_copies_norms_zeroes_biases_and_draws_the_rest():
             assert not torch.equal(tensor, source), name
 
 
-def test_lazy_zeros_is_a_writable_zero_tensor_on_either_side_of_its_threshold():
-    from growformer.expand._ops import _LAZY_ZEROS_MIN_BYTES, lazy_zeros
+def test_a_fresh_tensor_is_zero_where_it_says_so_on_either_side_of_its_threshold():
+    from growformer.expand._ops import _FRESH_PAGES_MIN_BYTES, fresh_tensor
 
-    for shape in [(3, 5), (_LAZY_ZEROS_MIN_BYTES // 4, 3)]:
-        t = lazy_zeros(shape, torch.bfloat16, torch.device("cpu"))
+    for shape, lazy in [((3, 5), False), ((_FRESH_PAGES_MIN_BYTES // 2, 3), True)]:
+        t, zeroed = fresh_tensor(shape, torch.bfloat16, torch.device("cpu"))
         assert t.shape == shape and t.dtype == torch.bfloat16 and t.is_contiguous()
-        assert not t.any()
-        t[-1, -1] = 2
+        assert zeroed == lazy
+        if zeroed:
+            assert not t.any()
+        t.fill_(0)[-1, -1] = 2
         assert float(t.sum()) == 2
 
 
@@ -484,7 +486,7 @@ def test_growth_into_lazy_zero_pages_gives_the_same_weights(kind, monkeypatch):
     model = make_model(config)
     target, options = expansion(kind, config)
     heap, _ = grow(model, target, options)
-    monkeypatch.setattr(_ops, "_LAZY_ZEROS_MIN_BYTES", 1)
+    monkeypatch.setattr(_ops, "_FRESH_PAGES_MIN_BYTES", 1)
     mapped, _ = grow(model, target, options)
     _assert_same_growth(model, heap, mapped)
 

@@ -261,24 +261,26 @@ def sample_std(t: Tensor, max_samples: int = 1 << 13) -> float:
     return std if std > 0 else 0.02
 
 
-_LAZY_ZEROS_MIN_BYTES = 1 << 20
+_FRESH_PAGES_MIN_BYTES = 1 << 20
 _PRIVATE_ANONYMOUS = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
 
 
-def lazy_zeros(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A contiguous zero tensor whose zeros cost nothing until touched.
+def fresh_tensor(
+    shape: Sequence[int], dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, bool]:
+    """A new contiguous tensor, and whether it already holds zeros.
 
     On CPU, from 1 MiB up (where mmap has private anonymous maps), it lives in fresh anonymous
-    memory: the kernel hands out zeroed pages on first touch, as ``calloc`` relies on, so a
-    grown tensor is written once (carried and random entries only, no zero-fill pass), and pages
-    that hold only zeros (a writer's new rows) are not mapped until used. The memory is freed
-    with the tensor. Elsewhere it is ``torch.zeros``.
+    memory: the kernel hands out zeroed pages on first touch, as ``calloc`` relies on, so it
+    holds zeros at no cost, and pages that are never written (a writer's new rows) are not mapped
+    until used. The memory is freed with the tensor; its storage cannot be resized. Elsewhere
+    it is ``torch.empty`` (not zeroed: the caller writes every entry).
     """
     nbytes = math.prod(shape) * dtype.itemsize
-    if device.type != "cpu" or nbytes < _LAZY_ZEROS_MIN_BYTES or not _PRIVATE_ANONYMOUS:
-        return torch.zeros(shape, dtype=dtype, device=device)
+    if device.type != "cpu" or nbytes < _FRESH_PAGES_MIN_BYTES or not _PRIVATE_ANONYMOUS:
+        return torch.empty(shape, dtype=dtype, device=device), False
     pages = mmap.mmap(-1, nbytes, flags=_PRIVATE_ANONYMOUS)
-    return torch.frombuffer(pages, dtype=dtype).view(shape)
+    return torch.frombuffer(pages, dtype=dtype).view(shape), True
 
 
 def prefix_index(n_old: int, n_new: int) -> Tensor:
@@ -331,14 +333,15 @@ def grow_tensor(
     out: Tensor | None = None,
 ) -> Tensor:
     """Build the grown tensor that ``change`` describes (see ``DimChange``), writing each entry
-    at most once: into ``out`` when given (of the grown shape), else into a new ``lazy_zeros``
-    tensor, where zero fills are not written at all. ``key`` names the tensor for ``rng``."""
+    at most once: into ``out`` when given (of the grown shape), else into a ``fresh_tensor``,
+    where zero fills are not written when it already holds zeros. ``key`` names the tensor for
+    ``rng``."""
     dim, index = change.dim, change.index
     shape = list(old.shape)
     shape[dim] = len(index)
-    zeroed = out is None
+    zeroed = False
     if out is None:
-        out = lazy_zeros(shape, old.dtype, old.device)
+        out, zeroed = fresh_tensor(shape, old.dtype, old.device)
     elif list(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, the change needs {tuple(shape)}")
     runs = change.carried_runs

@@ -26,7 +26,7 @@ from growformer.expand._ops import (
     Rng,
     check_choice,
     check_not_smaller,
-    lazy_zeros,
+    fresh_tensor,
     sample_std,
 )
 from growformer.resize import ParamResize, ResizeRecord
@@ -162,7 +162,8 @@ def _new_layer_weight(
 ) -> tuple[Tensor, bool]:
     """The new block's weight ``name`` and whether it is carried (copied) from the neighbour."""
     if suffix.startswith(_ZEROED):
-        return lazy_zeros(neighbour.shape, neighbour.dtype, neighbour.device), False
+        zeros, zeroed = fresh_tensor(neighbour.shape, neighbour.dtype, neighbour.device)
+        return zeros if zeroed else zeros.zero_(), False
     if init == "copy" or "norm." in suffix:
         return neighbour.clone(), True
     if suffix.endswith("bias"):

@@ -113,8 +113,14 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 def read_position(path: str | os.PathLike) -> RunPosition:
     """The run position stored in checkpoint ``path``, the trainer state checked as
-    ``load_checkpoint`` checks it, without reading the model or the optimizer's tensors."""
-    return RunPosition.from_dict(_trainer_state(Path(path), mmap=True)["position"])
+    ``load_checkpoint`` checks it but for the optimizer's tensor data, which is mapped from the
+    file, not read (nor is the model). A file torch cannot map (not a zip archive, a
+    filesystem without mmap) is read whole, so it gets ``load_checkpoint``'s verdict."""
+    try:
+        state = _trainer_state(Path(path), mmap=True)
+    except CheckpointError:
+        state = _trainer_state(Path(path))
+    return RunPosition.from_dict(state["position"])
 
 
 def _trainer_state(path: Path, *, mmap: bool = False) -> dict[str, Any]:

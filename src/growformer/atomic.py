@@ -42,6 +42,20 @@ def creation_problem(path: Path, *, folder: bool = True) -> str | None:
     return None
 
 
+def nesting(path: Path, other: Path) -> str | None:
+    """Where ``path`` lies against ``other``, both resolved (links followed): ``"same"``,
+    ``"inside"`` (``other`` is one of its parents), ``"holding"`` (it is one of ``other``'s
+    parents), or None when they are apart."""
+    path, other = path.resolve(), other.resolve()
+    if path == other:
+        return "same"
+    if other in path.parents:
+        return "inside"
+    if path in other.parents:
+        return "holding"
+    return None
+
+
 def current_umask() -> int:
     """The process's umask. Read from ``/proc/self/status`` where the kernel reports it (Linux
     4.7+), which changes nothing; elsewhere by setting it and putting it back, during which a

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from growformer.atomic import creation_problem, current_umask
+from growformer.atomic import creation_problem, current_umask, nesting
 from growformer.config import ConfigError, ModelConfig
 from growformer.model import Transformer, check_weight_dtypes, model_from_state
 
@@ -39,11 +39,10 @@ def check_destination(
     ``source`` or holding it (replacing it would delete the source); call before any work. The
     source itself may be the destination: it is read before it is replaced."""
     path = Path(path)
-    if source is not None:
-        src, dst = Path(source).resolve(), path.resolve()
-        if src != dst and (src in dst.parents or dst in src.parents):
-            where = "inside the source" if src in dst.parents else "a folder holding the source"
-            raise CheckpointError(f"destination {path} is {where} {source}; choose another")
+    where = None if source is None else nesting(path, Path(source))
+    if where in ("inside", "holding"):
+        phrase = "inside the source" if where == "inside" else "a folder holding the source"
+        raise CheckpointError(f"destination {path} is {phrase} {source}; choose another")
     problem = creation_problem(path)
     if problem:
         raise CheckpointError(f"destination {path}: {problem}")

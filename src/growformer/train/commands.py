@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from growformer.atomic import atomic_write, creation_problem
+from growformer.atomic import atomic_write, creation_problem, nesting
 from growformer.config import seed_arg
 from growformer.data import DEFAULT_TEXT_FIELD, Dataset, load_dataset
 from growformer.train.config import PRESETS, TrainConfigError
@@ -195,14 +195,12 @@ def run_training(
     the run are validated."""
     out = Path(out)
     fresh = resume is not True and int(os.environ.get("RANK", "0")) == 0
-    if spec.data is not None:
-        data, run = Path(spec.data).resolve(), out.resolve()
-        if data == run or data in run.parents or run in data.parents:
-            raise TrainConfigError(
-                f"run folder {out} and data {spec.data} overlap: a data folder's every file is "
-                "read as data (the run's own, on resume) and --overwrite would delete data "
-                "inside the run folder; choose an --out apart from --data"
-            )
+    if spec.data is not None and nesting(out, Path(spec.data)):
+        raise TrainConfigError(
+            f"run folder {out} and data {spec.data} overlap: a data folder's every file is "
+            "read as data (the run's own, on resume) and --overwrite would delete data "
+            "inside the run folder; choose an --out apart from --data"
+        )
     if fresh:
         check_run_dir(out, overwrite)
     dataset = dataset or load_run_data(spec)

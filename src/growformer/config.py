@@ -210,6 +210,11 @@ def is_finite(value: int | float) -> bool:
         return False
 
 
+def is_finite_number(value: object) -> bool:
+    """A JSON/TOML number that is finite: an int or float (not a bool) that ``is_finite``."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and is_finite(value)
+
+
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")

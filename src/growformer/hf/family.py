@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from growformer.config import ConfigError, ModelConfig, is_finite
+from growformer.config import ConfigError, ModelConfig, is_finite_number
 from growformer.expand import GrowthOptions, expand_state, resolve_target
 from growformer.expand._ops import DimChange, Rng, grow_tensor, prefix_index
 from growformer.model import Transformer, check_weight_dtypes, model_from_state
@@ -454,7 +454,7 @@ def number(value: Any, key: str, family: str, default: float) -> float:
     or null); ``FormatError`` unless it is a finite JSON number."""
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not is_finite(value):
+    if not is_finite_number(value):
         raise FormatError(f"{family} config.json: {key} must be a finite number; got {value!r}")
     return float(value)
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from growformer.config import is_finite
+from growformer.config import is_finite_number
 from growformer.model import Transformer
 from growformer.model_io import CheckpointError, atomic_directory, load_model, save_model
 
@@ -63,12 +63,7 @@ class RunPosition:
                 raise ValueError(f"position {name} must be an integer >= 0; got {value!r}")
         for name in ("flops", "train_time"):
             value = data[name]
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not is_finite(value)
-                or value < 0
-            ):
+            if not is_finite_number(value) or value < 0:
                 raise ValueError(f"position {name} must be a finite number >= 0; got {value!r}")
         return cls(**data)
 
